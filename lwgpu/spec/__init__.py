@@ -1,0 +1,4 @@
+"""Specifications: the statistical RKME and the semantic schema."""
+from .rkme import RKME
+
+__all__ = ["RKME"]

@@ -1,0 +1,274 @@
+"""RKME: a Reduced Kernel Mean Embedding, the statistical specification of a dataset.
+
+An RKME is ``K`` points ``z`` (K, d) with weights ``beta`` (K,) such that
+``sum_i beta_i k(z_i, .)`` approximates the kernel mean embedding ``1/n sum_j k(x_j, .)`` of the
+data, with the Gaussian kernel ``k(a, b) = exp(-gamma ||a - b||^2)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..device import resolve_device, resolve_dtype
+from ..kernels.torch_backend import gaussian_kernel, weighted_kernel_sum
+from .validation import as_matrix, check_gamma, check_K
+
+logger = logging.getLogger(__name__)
+
+#: The ``type`` the reference package writes into its table-spec JSON files.
+REFERENCE_TYPE = "RKMETableSpecification"
+
+
+class RKME:
+    """A weighted point set in the RKHS of a Gaussian kernel.
+
+    Parameters
+    ----------
+    z : array-like, (K, d)
+        Reduced points.
+    beta : array-like, (K,)
+        Weights (the fit keeps them >= 0 summing to 1; directly built specs may use any finite values).
+    gamma : float
+        Kernel bandwidth, ``k(a, b) = exp(-gamma ||a - b||^2)``.
+    num_points : int, optional
+        Number of data rows the spec summarises (0 when unknown).
+    dtype, device : optional
+        Float32 on the resolved device by default; ``dtype="float64"`` on request.
+    """
+
+    def __init__(
+        self,
+        z: Any,
+        beta: Any,
+        gamma: float = 0.1,
+        num_points: int = 0,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        dt = resolve_dtype(dtype)
+        dev = resolve_device(device)
+        z_t = as_matrix(z, name="z", dtype=dt, device=dev)
+        b_t = torch.as_tensor(np.asarray(beta) if not isinstance(beta, torch.Tensor) else beta)
+        b_t = b_t.detach().to(device=dev, dtype=dt).reshape(-1)
+        if b_t.shape[0] != z_t.shape[0]:
+            raise ValueError(f"beta has {b_t.shape[0]} weights but z has {z_t.shape[0]} points; they must match")
+        if not bool(torch.isfinite(b_t).all()):
+            raise ValueError("beta contains NaN/Inf; every weight must be finite")
+        self.z: torch.Tensor = z_t
+        self.beta: torch.Tensor = b_t
+        self.gamma: float = check_gamma(gamma)
+        self.num_points: int = int(num_points)
+        self._self_inner: float | None = None
+
+    # ------------------------------------------------------------------ shape & device
+    @property
+    def K(self) -> int:
+        """Number of reduced points."""
+        return int(self.z.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Input dimension."""
+        return int(self.z.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.z.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.z.device
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "RKME":
+        """A copy on ``device`` (default: current) in ``dtype`` (default: current)."""
+        dev = self.device if device is None else resolve_device(device)
+        dt = self.dtype if dtype is None else resolve_dtype(dtype)
+        return RKME(self.z.to(dev, dt), self.beta.to(dev, dt), self.gamma, self.num_points, dtype=dt, device=dev)
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(z, beta)`` as numpy arrays on the CPU."""
+        return self.z.detach().cpu().numpy(), self.beta.detach().cpu().numpy()
+
+    def __repr__(self) -> str:
+        return (
+            f"RKME(K={self.K}, d={self.d}, gamma={self.gamma}, num_points={self.num_points}, "
+            f"dtype={str(self.dtype).replace('torch.', '')}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ kernel algebra
+    def _check_compatible(self, other: "RKME") -> None:
+        if not isinstance(other, RKME):
+            raise ValueError(f"expected an RKME, got {type(other).__name__}")
+        if other.d != self.d:
+            raise ValueError(f"dimension mismatch: this spec has d={self.d}, the other d={other.d}")
+        if not math.isclose(other.gamma, self.gamma, rel_tol=1e-9, abs_tol=0.0):
+            raise ValueError(
+                f"gamma mismatch: this spec has gamma={self.gamma}, the other gamma={other.gamma}; "
+                "specs are only comparable under the same kernel"
+            )
+
+    def inner(self, other: "RKME") -> float:
+        """RKHS inner product ``<A, B> = sum_ij beta^A_i beta^B_j k(z^A_i, z^B_j)``."""
+        self._check_compatible(other)
+        dt = torch.promote_types(self.dtype, other.dtype)
+        zb, bb = other.z.to(self.device, dt), other.beta.to(self.device, dt)
+        return float(weighted_kernel_sum(self.z.to(dt), self.beta.to(dt), zb, bb, self.gamma))
+
+    @property
+    def self_inner(self) -> float:
+        """``<A, A>``, computed once and cached."""
+        if self._self_inner is None:
+            self._self_inner = float(weighted_kernel_sum(self.z, self.beta, self.z, self.beta, self.gamma))
+        return self._self_inner
+
+    def dist(self, other: "RKME") -> float:
+        """Squared MMD ``<A,A> - 2<A,B> + <B,B>`` (no square root), as in the reference package."""
+        return self.self_inner - 2.0 * self.inner(other) + other.self_inner
+
+    def residual(self, X: Any, tile: int = 65536, nan_policy: str = "raise") -> float:
+        """MMD^2 between this spec and the full empirical embedding ``1/n sum_j k(x_j, .)`` of X (n, d).
+
+        Computed in float64 in tiles of ``tile`` rows, so memory stays O(tile * max(K, tile)) and
+        n = 1,000,000 fits. The X-X term costs O(n^2 d): it is the exact quality measure, not a fast one.
+        """
+        x = as_matrix(X, nan_policy=nan_policy, dtype=torch.float64, device=self.device)
+        if x.shape[1] != self.d:
+            raise ValueError(f"X has d={x.shape[1]} columns but the spec has d={self.d}")
+        n = x.shape[0]
+        z, beta = self.z.double(), self.beta.double()
+        zz = float(weighted_kernel_sum(z, beta, z, beta, self.gamma))
+        zx = 0.0
+        xx = 0.0
+        for i in range(0, n, tile):
+            xi = x[i : i + tile]
+            zx += float((beta @ gaussian_kernel(z, xi, self.gamma)).sum())
+            for j in range(0, n, tile):
+                xx += float(gaussian_kernel(xi, x[j : j + tile], self.gamma).sum())
+        return zz - 2.0 * zx / n + xx / (n * n)
+
+    def herd(self, n: int, candidates_per_sample: int = 100, seed: int = 0) -> np.ndarray:
+        """Kernel herding: ``n`` samples (n, d) that greedily match this embedding.
+
+        Candidates are drawn around the reduced points (Gaussian noise, std 0.25, points chosen in
+        proportion to the non-negative part of beta), then each step takes the candidate that most
+        increases agreement with the embedding, as the reference package does.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        z, beta = self.z.double().cpu(), self.beta.double().cpu().clamp_min(0.0)
+        if float(beta.sum()) <= 0:
+            raise ValueError("cannot herd from a spec with no positive weight")
+        m = n * candidates_per_sample
+        pick = torch.multinomial(beta / beta.sum(), m, replacement=True, generator=gen)
+        cand = z[pick] + 0.25 * torch.randn(m, self.d, generator=gen, dtype=torch.float64)
+        target = beta @ gaussian_kernel(z, cand, self.gamma)  # (m,)
+        acc = torch.zeros(m, dtype=torch.float64)
+        out = torch.empty(n, self.d, dtype=torch.float64)
+        for t in range(n):
+            idx = int(torch.argmax((t + 1) * target - acc))
+            out[t] = cand[idx]
+            acc += gaussian_kernel(cand[idx : idx + 1], cand, self.gamma)[0]
+        return out.numpy()
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        X: Any,
+        K: int = 100,
+        gamma: float = 0.1,
+        steps: int | None = None,
+        device: str | torch.device | None = "auto",
+        seed: int = 0,
+        dtype: str | torch.dtype | None = None,
+        nan_policy: str = "raise",
+        **options: Any,
+    ) -> "RKME":
+        """Fit an RKME of ``K`` points to data X (n, d); see :mod:`lwgpu.spec.fit` for the optimiser."""
+        from .fit import fit_many
+
+        return fit_many(
+            [X], K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype, nan_policy=nan_policy,
+            **options,
+        )[0]
+
+    @classmethod
+    def fit_many(
+        cls,
+        datasets: Sequence[Any],
+        K: int = 100,
+        gamma: float = 0.1,
+        steps: int | None = None,
+        device: str | torch.device | None = "auto",
+        seed: int = 0,
+        dtype: str | torch.dtype | None = None,
+        nan_policy: str = "raise",
+        **options: Any,
+    ) -> list["RKME"]:
+        """Fit one RKME per dataset, in padded batches on the device (same result as one at a time)."""
+        from .fit import fit_many
+
+        return fit_many(
+            datasets, K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype,
+            nan_policy=nan_policy, **options,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        """The reference package's JSON layout (``type``, ``z``, ``beta``, ``gamma``, ``num_points``)."""
+        z, beta = self.numpy()
+        return {
+            "type": REFERENCE_TYPE,
+            "z": z.astype(np.float64).tolist(),
+            "beta": beta.astype(np.float64).tolist(),
+            "gamma": self.gamma,
+            "num_points": self.num_points,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], dtype: str | torch.dtype | None = None, device: Any = "cpu") -> "RKME":
+        """Build from the reference JSON layout; unknown keys are ignored, missing required ones refused."""
+        missing = [k for k in ("z", "beta", "gamma") if k not in obj]
+        if missing:
+            raise ValueError(f"RKME JSON lacks keys {missing}; expected at least 'z', 'beta', 'gamma'")
+        kind = obj.get("type", REFERENCE_TYPE)
+        if kind not in (REFERENCE_TYPE, "RKMEStatSpecification"):
+            raise ValueError(f"RKME JSON has type {kind!r}; only table specs ({REFERENCE_TYPE}) are supported")
+        z = np.asarray(obj["z"], dtype=np.float64)
+        if z.ndim > 2:  # reference image specs keep the image shape; table specs are (K, d)
+            z = z.reshape(z.shape[0], -1)
+        return cls(z, np.asarray(obj["beta"], np.float64), float(obj["gamma"]), int(obj.get("num_points", 0)),
+                   dtype=dtype, device=device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON in the reference package's format, atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: Any = "cpu") -> "RKME":
+        """Read a JSON spec written by lwgpu or by the reference package."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                obj = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(obj, dtype=dtype, device=device)

@@ -1,0 +1,51 @@
+"""lwgpu: fast learnware search on GPU and CPU."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="lwgpu",
+    version="0.1.0",
+    description="Fast research framework for learnware search: RKME specs, exact and indexed MMD search, markets, reuse",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lwgpu", "lwgpu.*"]),
+    package_data={"lwgpu": ["kernels/cuda/*.cu", "conf/**/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        # Install the CPU wheel first on CPU-only machines (the Makefile does): any torch >= 2.1 satisfies this.
+        "torch>=2.1",
+        "pandas>=1.5",
+        "scikit-learn>=1.3",
+        "numba>=0.58",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+        "sqlalchemy>=2.0",
+        "joblib>=1.2",
+        "matplotlib>=3.6",
+        "hydra-core>=1.3,<1.4",
+        "hydra-joblib-launcher>=1.2",
+        "hydra-submitit-launcher>=1.2",
+        "wandb>=0.16",
+        "mlxtend>=0.22",
+    ],
+    extras_require={
+        # faiss-cpu and faiss-gpu provide the same module: install exactly one of these two extras.
+        "cpu": ["faiss-cpu>=1.7.4"],
+        "gpu": ["faiss-gpu>=1.7.2", "cupy-cuda12x>=13"],
+        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "faiss-cpu>=1.7.4"],
+        # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
+        "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lwgpu-bench=lwgpu.cli.bench:main",
+            "lwgpu=lwgpu.cli.main:main",
+        ]
+    },
+)
