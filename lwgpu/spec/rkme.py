@@ -56,8 +56,10 @@ class RKME:
         dt = resolve_dtype(dtype)
         dev = resolve_device(device)
         z_t = as_matrix(z, name="z", dtype=dt, device=dev)
-        b_t = torch.as_tensor(np.asarray(beta) if not isinstance(beta, torch.Tensor) else beta)
-        b_t = b_t.detach().to(device=dev, dtype=dt).reshape(-1)
+        if isinstance(beta, torch.Tensor):
+            b_t = beta.detach().to(device=dev, dtype=dt).reshape(-1)
+        else:
+            b_t = torch.tensor(np.asarray(beta, dtype=np.float64), dtype=dt, device=dev).reshape(-1)
         if b_t.shape[0] != z_t.shape[0]:
             raise ValueError(f"beta has {b_t.shape[0]} weights but z has {z_t.shape[0]} points; they must match")
         if not bool(torch.isfinite(b_t).all()):
