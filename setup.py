@@ -37,8 +37,8 @@ setup(
     extras_require={
         # faiss-cpu and faiss-gpu provide the same module: install exactly one of these two extras.
         "cpu": ["faiss-cpu>=1.7.4"],
-        "gpu": ["faiss-gpu>=1.7.2", "cupy-cuda12x>=13"],
-        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "faiss-cpu>=1.7.4"],
+        "gpu": ["faiss-gpu>=1.9", "cupy-cuda12x>=13"],
+        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
         # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
         "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1"],
     },
