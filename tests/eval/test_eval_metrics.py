@@ -1,0 +1,68 @@
+"""Metrics against hand-computed values and brute force."""
+import numpy as np
+import pytest
+
+from lwgpu.eval import (fit_residuals, latency_stats, mixture_precision_recall, recall_at_k, subsample_residuals,
+                        throughput, time_queries, topk_accuracy)
+from lwgpu.kernels import reference
+from lwgpu.spec.rkme import RKME
+
+
+def test_topk_accuracy():
+    pred = np.array([[3, 1, 2], [0, 5, 6], [9, 8, 7]])
+    true = np.array([3, 5, 1])
+    assert topk_accuracy(pred, true, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(pred, true, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(pred, true) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        topk_accuracy(pred, true, 4)
+    with pytest.raises(ValueError):
+        topk_accuracy(pred, true[:2])
+
+
+def test_mixture_precision_recall():
+    pred = [np.array([1, 2, 3]), np.array([4])]
+    w = [np.array([0.5, 0.45, 0.05]), np.array([1.0])]
+    true = [np.array([1, 2]), np.array([4, 5])]
+    p, r = mixture_precision_recall(pred, w, true, min_weight=0.1)
+    assert p == pytest.approx((1.0 + 1.0) / 2) and r == pytest.approx((1.0 + 0.5) / 2)
+    p, r = mixture_precision_recall(pred, None, true)
+    assert p == pytest.approx((2 / 3 + 1) / 2)
+    p, _ = mixture_precision_recall([np.array([1])], [np.array([0.0])], [np.array([1])], min_weight=0.1)
+    assert p == 0.0
+
+
+def test_recall_at_k():
+    exact = np.array([[1, 2, 3], [4, 5, 6]])
+    approx = np.array([[3, 2, 9], [-1, -1, -1]])
+    assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 0) / 2)
+    assert recall_at_k(approx, exact, 1) == 0.0
+    assert recall_at_k(exact, exact) == 1.0
+
+
+def test_latency_stats_percentiles():
+    s = latency_stats([0.001 * i for i in range(1, 101)])
+    assert s["latency_p50_ms"] == pytest.approx(50.5)
+    assert s["latency_p99_ms"] == pytest.approx(99.01)
+    assert s["qps_single"] == pytest.approx(100 / 5.05)
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def test_time_queries_and_throughput():
+    calls = []
+    times, outs = time_queries(lambda q: calls.append(q) or q * 2, [1, 2, 3], warmup=1)
+    assert outs == [2, 4, 6] and len(times) == 3 and calls == [1, 1, 2, 3]
+    qps, out = throughput(lambda b: sum(b), [1, 2], 2, repeats=2)
+    assert out == 3 and qps > 0
+
+
+def test_fit_residuals_match_reference(rng):
+    x = rng.normal(size=(40, 3))
+    spec = RKME(x[:5], np.full(5, 0.2), 0.3, dtype="float64")
+    res = fit_residuals([spec], [x])
+    assert res[0] == pytest.approx(reference.residual(x[:5], np.full(5, 0.2), x, 0.3), rel=1e-9)
+    base = subsample_residuals([x], K=40, gamma=0.3)
+    assert base[0] == pytest.approx(0.0, abs=1e-12)   # all rows: the empirical embedding itself
+    with pytest.raises(ValueError):
+        fit_residuals([spec], [x, x])
