@@ -1,0 +1,67 @@
+"""Tiled torch cross terms between query specs and a bank tile (CPU or GPU).
+
+For a block of ``t`` bank specs, one GEMM gives every query-point/bank-point dot product; the
+Gaussian is taken in place, contracted with the query weights (a batched GEMV) and then with the bank
+weights in float64. No tensor larger than ``max_block_elems`` elements (plus O(t K d) copies of
+the tile) is made: an ``N x K x K`` tensor never exists.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def cross_terms(
+    qz: torch.Tensor,
+    qb: torch.Tensor,
+    bz: torch.Tensor,
+    bb: torch.Tensor,
+    gamma: float,
+    max_block_elems: int = 1 << 22,
+    stats: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """``<Q_q, B_n> = sum_ij qb[q,i] bb[n,j] k(qz[q,i], bz[n,j])`` for every pair.
+
+    Parameters
+    ----------
+    qz, qb : (Q, Kq, d), (Q, Kq)
+        Query points and weights (zero weights pad ragged queries), on the compute device.
+    bz, bb : (T, K, d), (T, K)
+        A bank tile; moved block by block to the query's device and dtype (so a memory-mapped
+        or CPU bank can be scanned on a GPU).
+    max_block_elems : int
+        Largest kernel block (query points x bank points) materialised at once.
+    stats : dict, optional
+        Filled with ``max_block`` (largest block numel made), for memory tests.
+
+    Returns
+    -------
+    torch.Tensor float64 (Q, T) on the query's device.
+    """
+    q, kq, d = qz.shape
+    t, k, _ = bz.shape
+    dev, dt = qz.device, qz.dtype
+    out = torch.empty(q, t, dtype=torch.float64, device=dev)
+    if q == 0 or t == 0:
+        return out
+    center = qz.reshape(-1, d).mean(0)  # shift invariance: centring keeps |a|^2+|b|^2-2ab accurate
+    qf = (qz - center).reshape(q * kq, d)
+    qn = (qf * qf).sum(-1, keepdim=True).mul_(gamma)  # (Q Kq, 1)
+    qf2 = qf * (2.0 * gamma)
+    qbv = qb.reshape(q, 1, kq)
+    step = max(1, int(max_block_elems) // max(1, q * kq * k))
+    big = 0
+    for s in range(0, t, step):
+        e = min(s + step, t)
+        zt = bz[s:e].to(dev, dt, non_blocking=True).reshape(-1, d) - center  # ((e-s) K, d)
+        zn = (zt * zt).sum(-1).mul_(gamma)
+        g = torch.mm(qf2, zt.T)  # 2 gamma <a, b>
+        g.sub_(qn).sub_(zn).clamp_max_(0.0).exp_()  # exp(-gamma |a - b|^2)
+        big = max(big, g.numel())
+        r = torch.bmm(qbv, g.view(q, kq, -1)).view(q, e - s, k)  # contract query points
+        w = bb[s:e].to(dev, non_blocking=True).to(torch.float64)
+        out[:, s:e] = torch.einsum("qtk,tk->qt", r.to(torch.float64), w)
+    if stats is not None:
+        stats["max_block"] = max(int(stats.get("max_block", 0)), big)
+    return out
