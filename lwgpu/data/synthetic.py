@@ -14,8 +14,9 @@ Two ways to get specifications:
   with uniform weights, vectorised and chunked (up to ~1,000,000 tasks), for
   ``SpecBank.from_arrays``.
 
-Randomness is keyed on ``(seed, stream, chunk)`` with a fixed chunk size, so every array is the same
-whatever chunking the caller asks for.
+Randomness is keyed on ``(seed, stream, chunk)`` with a fixed chunk size: task means are nested
+(the first tasks of a larger market are the smaller market), and rows of a task do not depend on
+which other tasks are asked for.
 """
 from __future__ import annotations
 
