@@ -131,7 +131,9 @@ def cross_terms(qz, qb, bz, bb, gamma: float, **_: object) -> torch.Tensor:
     if q == 0 or bz_np.shape[0] == 0:
         return torch.from_numpy(out)
     g = np.float32(gamma)
-    center = qz_np.reshape(-1, d).astype(np.float64).mean(0)
+    real = qb_np.reshape(-1) != 0  # centre on the real query points (MMD is shift invariant)
+    pts = qz_np.reshape(-1, d).astype(np.float64)
+    center = pts[real].mean(0) if real.any() else np.zeros(d)
     qc = qz_np.astype(np.float64) - center
     qn = (g * (qc * qc).sum(-1)).astype(np.float32)
     qp = (qc * (2.0 * float(gamma))).astype(np.float32)

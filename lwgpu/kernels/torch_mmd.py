@@ -45,7 +45,9 @@ def cross_terms(
     out = torch.empty(q, t, dtype=torch.float64, device=dev)
     if q == 0 or t == 0:
         return out
-    center = qz.reshape(-1, d).mean(0)  # shift invariance: centring keeps |a|^2+|b|^2-2ab accurate
+    real = (qb != 0).reshape(-1, 1).to(dt)  # centre on the real (nonzero-weight) query points:
+    center = (qz.reshape(-1, d) * real).sum(0) / real.sum().clamp_min(1.0)  # shift invariance keeps
+    # |a|^2 + |b|^2 - 2ab accurate in float32 for data far from the origin
     qf = (qz - center).reshape(q * kq, d)
     qn = (qf * qf).sum(-1, keepdim=True).mul_(gamma)  # (Q Kq, 1)
     qf2 = qf * (2.0 * gamma)

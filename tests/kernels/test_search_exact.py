@@ -1,0 +1,76 @@
+"""search_exact: exact top-k against the float64 brute force, ties by id, clipping, empty bank, errors."""
+import numpy as np
+import pytest
+
+from lwgpu.bank import SpecBank
+from lwgpu.device import numba_available
+from lwgpu.search import search_exact
+from lwgpu.search.exact import merge_topk
+from lwgpu.spec.rkme import RKME
+from tests.conftest import random_spec_arrays
+from tests.kernels.kernel_helpers import reference_terms
+from tests.kernels.test_kernels_backends import ALL, device_of, ragged_bank
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_topk_matches_brute_force(rng, backend):
+    bank, _ = ragged_bank(rng, 120, 6, 3, scale=0.7)
+    bank = bank.subset(rng.permutation(bank.ids))  # ids not in row order
+    q, qs = ragged_bank(rng, 5, 6, 3, scale=0.7)
+    dist, _ = reference_terms(q, bank)
+    for chunk in (1000, 17):  # one pass, and many merges of small chunks
+        d, ids = search_exact(bank, qs, k=8, backend=backend, device=device_of(backend), chunk=chunk)
+        assert d.shape == ids.shape == (5, 8) and ids.dtype == np.int64
+        order = np.argsort(dist, axis=1, kind="stable")[:, :8]
+        assert np.array_equal(ids, bank.ids[order])
+        assert np.allclose(d, np.take_along_axis(dist, order, 1), atol=1e-6)
+        assert np.all(np.diff(d, axis=1) >= 0)
+
+
+def test_merge_topk_breaks_ties_by_id():
+    d = np.array([[0.5, 0.1, 0.5, 0.5, 0.2, 0.5]])
+    ids = np.array([[9, 4, 3, 7, 8, 1]])
+    dd, ii = merge_topk(d, ids, 4)
+    assert ii.tolist() == [[4, 8, 1, 3]] and dd.tolist() == [[0.1, 0.2, 0.5, 0.5]]
+    dd, ii = merge_topk(d, ids, 10)
+    assert ii.tolist() == [[4, 8, 1, 3, 7, 9]]
+
+
+@pytest.mark.skipif(not numba_available(), reason="needs numba")
+def test_duplicate_specs_tie_ordered_by_id(rng):
+    bank, specs = ragged_bank(rng, 30, 5, 2)
+    dup = specs[4]
+    bank.add([dup, dup, dup], ids=[99, 31, 77])
+    q = RKME(dup.z.numpy() + 0.05, dup.beta.numpy(), 0.1)
+    d, ids = search_exact(bank, [q, q], k=3, backend="numba", device="cpu", chunk=11)
+    assert ids[0].tolist() == sorted([4, 99, 31, 77])[:3] == ids[1].tolist()
+    assert d[0, 0] == d[0, 1] == d[0, 2]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_k_clipped_empty_bank_and_errors(rng, backend):
+    dev = device_of(backend)
+    bank, _ = ragged_bank(rng, 4, 3, 2)
+    q = RKME(*random_spec_arrays(rng, 3, 2), 0.1)
+    d, ids = search_exact(bank, q, k=10, backend=backend, device=dev)
+    assert d.shape == (1, 4) and sorted(ids[0].tolist()) == [0, 1, 2, 3]
+    d, ids = search_exact(SpecBank(0.1, 2), [q, q], k=5, backend=backend, device=dev)
+    assert d.shape == ids.shape == (2, 0)
+    with pytest.raises(ValueError, match="k must be"):
+        search_exact(bank, q, k=0)
+    with pytest.raises(ValueError, match="dimension"):
+        search_exact(bank, RKME(*random_spec_arrays(rng, 3, 5), 0.1), backend=backend, device=dev)
+    with pytest.raises(ValueError, match="gamma"):
+        search_exact(bank, RKME(*random_spec_arrays(rng, 3, 2), 1.0), backend=backend, device=dev)
+    with pytest.raises(ValueError, match="SpecBank"):
+        search_exact([q], q)
+
+
+def test_mmap_bank_search(tmp_path, rng):
+    bank, _ = ragged_bank(rng, 200, 5, 3)
+    bank.save(tmp_path / "b")
+    back = SpecBank.load(tmp_path / "b", mmap=True)
+    q, qs = ragged_bank(rng, 3, 5, 3)
+    a = search_exact(bank, q, k=7, device="cpu")
+    b = search_exact(back, q, k=7, device="cpu", chunk=13, tile=5)
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0], atol=1e-12)
