@@ -1,0 +1,129 @@
+"""Pipeline steps of ``lwgpu-bench``: build the market, its specs, the bank and the index.
+
+Each step takes the composed Hydra config, records what it measured into a
+:class:`lwgpu.tracking.Results`, and returns the objects the next step needs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ..data.synthetic import SyntheticMarket, UserTasks
+from ..tracking import Results
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """What the search step needs: the market's bank (+ index) and the users' specs with their answers."""
+
+    market: SyntheticMarket
+    users: UserTasks
+    bank: Any                  # lwgpu.bank.SpecBank
+    queries: list              # list[RKME], one per user
+    index: Any = None          # lwgpu.index.SpecIndex or None
+
+
+def build_market(cfg: DictConfig) -> tuple[SyntheticMarket, UserTasks]:
+    """The synthetic market and its users, from ``cfg.market``."""
+    if cfg.market.kind != "synthetic":
+        raise ValueError(f"market.kind={cfg.market.kind!r}: the search pipeline needs a synthetic market")
+    market = instantiate(cfg.market.generator)
+    u = cfg.market.users
+    rows = int(u.rows) if cfg.market.mode == "fitted" else 0
+    users = market.users(int(u.n), n_rows=rows, max_mix=int(u.max_mix), mix_fraction=float(u.mix_fraction),
+                         min_weight=float(u.min_weight))
+    logger.info("market: %d tasks in d=%d, %d users (%d mixtures)", len(market), market.d, len(users),
+                int(users.is_mixture.sum()))
+    return market, users
+
+
+def _fit_batched(cfg: DictConfig, datasets: list[np.ndarray], desc: str) -> list:
+    """Fit ``datasets`` with ``cfg.spec.fit`` in batches of ``cfg.spec.batch`` (one progress step each)."""
+    fit = instantiate(cfg.spec.fit)
+    step = max(1, int(cfg.spec.batch))
+    specs: list = []
+    for lo in tqdm(range(0, len(datasets), step), desc=desc, unit="batch", disable=not cfg.progress):
+        specs.extend(fit(datasets[lo : lo + step]))
+    return specs
+
+
+def build_specs(cfg: DictConfig, market: SyntheticMarket, users: UserTasks, results: Results,
+                tags: dict[str, Any]) -> tuple[Any, list]:
+    """Fitted or spec-only market specs packed into a SpecBank, and the users' query specs.
+
+    Records fit time, fit throughput and (fitted mode) the residual of a sample of specs against a
+    random-subsample baseline of the same size.
+    """
+    from ..bank import SpecBank
+    from ..eval.fit import fit_residuals, subsample_residuals
+    from ..spec.rkme import RKME
+
+    K, gamma = int(cfg.spec.K), float(cfg.spec.gamma)
+    if cfg.market.mode == "spec_only":
+        t0 = time.perf_counter()
+        z, beta = market.spec_arrays(K)
+        bank = SpecBank.from_arrays(z, beta, gamma, ids=market.ids)
+        results.add("bank_build_time", time.perf_counter() - t0, "s", method="spec_only", **tags)
+        zq, bq = market.user_spec_arrays(users, K)
+        queries = [RKME(zq[i], bq[i], gamma) for i in range(len(users))]
+        return bank, queries
+    if cfg.market.mode != "fitted":
+        raise ValueError(f"market.mode={cfg.market.mode!r}: use 'fitted' or 'spec_only'")
+    datasets = market.sample(int(cfg.market.rows_per_task))
+    t0 = time.perf_counter()
+    specs = _fit_batched(cfg, datasets, "fit market specs")
+    fit_s = time.perf_counter() - t0
+    results.add("fit_time", fit_s, "s", method="fit", **tags)
+    results.add("fit_throughput", len(specs) / fit_s if fit_s > 0 else math.inf, "specs/s", method="fit", **tags)
+    n_res = min(len(specs), int(cfg.spec.residual_sample))
+    if n_res > 0:
+        res = fit_residuals(specs[:n_res], datasets[:n_res])
+        base = subsample_residuals(datasets[:n_res], K, gamma, seed=int(cfg.seed))
+        results.add("fit_residual_mean", float(res.mean()), "mmd2", method="fit", **tags)
+        results.add("fit_residual_median", float(np.median(res)), "mmd2", method="fit", **tags)
+        results.add("subsample_residual_mean", float(base.mean()), "mmd2", method="subsample", **tags)
+        results.add("fit_beats_subsample", float((res <= base).mean()), "", method="fit", **tags)
+    t0 = time.perf_counter()
+    bank = SpecBank.from_specs(specs, ids=market.ids)
+    results.add("bank_build_time", time.perf_counter() - t0, "s", method="fit", **tags)
+    queries = _fit_batched(cfg, users.data, "fit user specs")
+    return bank, queries
+
+
+def index_factory(factory: str, n: int) -> str:
+    """Resolve ``factory="auto"``: exhaustive ``Flat`` below 4,096 specs, else IVF with ~2 sqrt(N) lists."""
+    if factory != "auto":
+        return factory
+    if n < 4096:
+        return "Flat"
+    nlist = 2 ** int(round(math.log2(2.0 * math.sqrt(n))))
+    return f"IVF{nlist},Flat"
+
+
+def build_index(cfg: DictConfig, bank: Any, results: Results, tags: dict[str, Any]) -> Any:
+    """The retrieval index over ``bank`` per ``cfg.index`` (None when disabled); records its build time."""
+    if not cfg.index.enabled:
+        return None
+    factory = index_factory(str(cfg.index.factory), len(bank))
+    t0 = time.perf_counter()
+    index = instantiate(cfg.index.build, factory=factory)(bank)
+    results.add("index_build_time", time.perf_counter() - t0, "s", method="index", factory=factory, **tags)
+    return index
+
+
+def build(cfg: DictConfig, results: Results, tags: dict[str, Any]) -> Built:
+    """All the steps before search."""
+    market, users = build_market(cfg)
+    bank, queries = build_specs(cfg, market, users, results, tags)
+    index = build_index(cfg, bank, results, tags)
+    return Built(market=market, users=users, bank=bank, queries=queries, index=index)
