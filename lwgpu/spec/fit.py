@@ -1,0 +1,328 @@
+"""Fitting RKME specifications: many datasets at once, in padded batches on the device.
+
+Objective (DESIGN.md section 2): for data x_1..x_n, minimise over z (K, d) and beta on the simplex
+
+    J(z, beta) = beta' K_zz beta - 2 beta' m(z),      m_i(z) = 1/n sum_j k(z_i, x_j)
+
+which is the squared MMD between the reduced and the full empirical embedding, minus the constant
+``1/n^2 sum_jl k(x_j, x_l)``.
+
+Algorithm (defaults match the reference package: K=100, gamma=0.1, k-means init, beta >= 0, sum 1):
+
+1. k-means++ seeding and a few Lloyd iterations on (a subsample of) X give the initial z.
+2. ``steps`` rounds of: a preconditioned exact-gradient step on z (the gradient of J w.r.t. z_i is
+   ``4 gamma beta_i (B_i - A_i)`` with ``B_i = m_i z_i - 1/n sum_j k(z_i,x_j) x_j`` and
+   ``A_i = sum_l beta_l k(z_i,z_l)(z_i - z_l)``; the step moves z_i by ``-eta (B_i - A_i) / D_i``,
+   ``D_i = max(m_i, (K_zz beta)_i)``, a mean-shift step with repulsion, which also moves
+   zero-weight points uphill on the witness function so the QP can re-use them), accepted only if
+   J decreases (else eta is halved: backtracking, so J never increases); then beta is re-solved
+   exactly for the new z by the batched simplex QP (:func:`lwgpu.spec.qp.solve_simplex_qp`).
+3. A final QP for beta with ``c = m(z)`` over the full data.
+
+For large n the z-steps use a fixed uniform subsample of ``max_points`` rows per dataset; the final
+beta always uses every row. ``step_size=`` (with e.g. ``steps=3``) selects the reference package's
+scheme instead: plain exact-gradient steps of fixed size, beta re-solved after each.
+
+Every random draw of a dataset comes from a generator seeded with that dataset's seed, and each
+dataset's accept/reject decisions are its own, so ``fit_many`` gives the same specs as fitting
+one dataset at a time (up to floating-point rounding).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..device import resolve_device, resolve_dtype
+from ..kernels.torch_backend import sqdist
+from .kmeans import kmeans_pp_init, lloyd
+from .qp import solve_simplex_qp
+from .validation import as_matrix, check_gamma, check_K
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fit_many", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
+
+#: Rounds of (z step, beta QP) when ``steps=None``.
+DEFAULT_STEPS = 30
+#: Rows per dataset used for the z-steps (all rows when n is smaller); the final beta uses all rows.
+DEFAULT_MAX_POINTS = 8192
+
+_OPTIONS = {
+    "step_size": None,  # float: reference-style fixed-size gradient steps
+    "max_points": DEFAULT_MAX_POINTS,
+    "kmeans_iters": 10,
+    "qp_iters": 30,  # per-round QP iterations (warm-started)
+    "final_qp_iters": 500,
+    "batch_memory": 2**28,  # bytes of kernel blocks per batch
+    "chunk_rows": 65536,  # rows per tile in the full-data pass
+    "progress": None,  # None: a bar when fitting >= 8 datasets
+    "min_eta": 1.0 / 1024,
+}
+
+
+def effective_K(K: int, n: int) -> int:
+    """K as the reference package uses it: ``max(1, 2n // 3)`` when K >= n, else K."""
+    return max(1, (2 * n) // 3) if K >= n else K
+
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [int(seed)] * n
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"seed must be an int or one int per dataset: got {len(seeds)} seeds for {n} datasets")
+    return seeds
+
+
+def _kernel(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
+    return torch.exp(sqdist(a, b).mul_(-gamma))
+
+
+class _Batch:
+    """Padded batch state: subsampled data, z, beta and the kernel blocks at the current z."""
+
+    def __init__(self, Xs: torch.Tensor, mask: torch.Tensor, z: torch.Tensor, gamma: float) -> None:
+        self.Xs, self.mask, self.gamma = Xs, mask, gamma
+        self.mf = mask.to(Xs.dtype)
+        self.n = self.mf.sum(-1)  # (B,)
+        self.set_z(z)
+
+    def kernels(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Kzx (B,K,S) masked, m (B,K), Kzz (B,K,K)) at z."""
+        Kzx = _kernel(z, self.Xs, self.gamma) * self.mf.unsqueeze(1)
+        m = Kzx.sum(-1) / self.n.unsqueeze(-1)
+        return Kzx, m, _kernel(z, z, self.gamma)
+
+    def set_z(self, z: torch.Tensor) -> None:
+        self.z = z
+        self.Kzx, self.m, self.Kzz = self.kernels(z)
+
+    def objective(self, beta: torch.Tensor, m: torch.Tensor | None = None, Kzz: torch.Tensor | None = None):
+        """J = beta'K_zz beta - 2 beta'm, (B,)."""
+        m = self.m if m is None else m
+        Kzz = self.Kzz if Kzz is None else Kzz
+        return (beta * (Kzz @ beta.unsqueeze(-1)).squeeze(-1)).sum(-1) - 2.0 * (beta * m).sum(-1)
+
+    def direction(self, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_i - A_i) (B,K,d) and the preconditioner D (B,K); gradient = 4 gamma beta_i (B_i - A_i)."""
+        z = self.z
+        Wx = (self.Kzx @ self.Xs) / self.n.view(-1, 1, 1)
+        P = self.Kzz * beta.unsqueeze(1)
+        s = P.sum(-1)
+        A = s.unsqueeze(-1) * z - P @ z
+        Bt = self.m.unsqueeze(-1) * z - Wx
+        D = torch.maximum(self.m, s).clamp_min(torch.finfo(z.dtype).tiny)
+        return Bt - A, D
+
+
+def _solve_beta(Kzz: torch.Tensor, c: torch.Tensor, beta0: torch.Tensor, iters: int, tol: float | None = None):
+    """QP for beta warm-started at beta0; keeps beta0 wherever the QP result is not better."""
+    beta = solve_simplex_qp(Kzz, c, x0=beta0, iters=iters, tol=tol)
+
+    def f(b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (b * (Kzz @ b.unsqueeze(-1)).squeeze(-1)).sum(-1) - (b * c).sum(-1)
+
+    return torch.where((f(beta) <= f(beta0)).unsqueeze(-1), beta, beta0)
+
+
+def _uniform(batch: _Batch) -> torch.Tensor:
+    B, K, _ = batch.z.shape
+    return torch.full((B, K), 1.0 / K, dtype=batch.z.dtype, device=batch.z.device)
+
+
+def _optimise(batch: _Batch, steps: int, opts: dict[str, Any]) -> torch.Tensor:
+    """Run the rounds on a batch; returns beta (B, K) and leaves the final z in batch.z."""
+    B, K, _ = batch.z.shape
+    beta = _solve_beta(batch.Kzz, batch.m, _uniform(batch), opts["final_qp_iters"])
+    step_size = opts["step_size"]
+    eta = torch.ones(B, dtype=batch.z.dtype, device=batch.z.device)
+    active = torch.ones(B, dtype=torch.bool, device=batch.z.device)
+    J = batch.objective(beta)
+    for r in range(steps):
+        dirn, D = batch.direction(beta)
+        if step_size is not None:  # reference scheme: z <- z - step * exact gradient
+            batch.set_z(batch.z - float(step_size) * 4.0 * batch.gamma * beta.unsqueeze(-1) * dirn)
+        else:
+            z_new = batch.z - eta.view(-1, 1, 1) * dirn / D.unsqueeze(-1)
+            Kzx, m, Kzz = batch.kernels(z_new)
+            J_new = batch.objective(beta, m, Kzz)
+            acc = (J_new <= J) & active
+            a3 = acc.view(-1, 1, 1)
+            batch.z = torch.where(a3, z_new, batch.z)
+            batch.Kzx = torch.where(a3, Kzx, batch.Kzx)
+            batch.Kzz = torch.where(a3, Kzz, batch.Kzz)
+            batch.m = torch.where(acc.unsqueeze(-1), m, batch.m)
+            eta = torch.where(acc, (eta * 1.5).clamp_max(1.0), eta * 0.5)
+            active &= eta >= opts["min_eta"]
+        beta_new = _solve_beta(batch.Kzz, batch.m, beta, opts["qp_iters"])
+        beta = torch.where(active.unsqueeze(-1), beta_new, beta) if step_size is None else beta_new
+        J = batch.objective(beta)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("round %d: J=%s eta=%s", r, J.tolist()[:4], eta.tolist()[:4])
+        if step_size is None and not bool(active.any()):
+            break
+    return beta
+
+
+def _full_mean_kernel(z: torch.Tensor, x: torch.Tensor, gamma: float, chunk: int) -> torch.Tensor:
+    """m_i = 1/n sum_j k(z_i, x_j) over every row of x (n, d), in tiles: (K,)."""
+    acc = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+    for i in range(0, x.shape[0], chunk):
+        acc += _kernel(z, x[i : i + chunk], gamma).sum(-1, dtype=torch.float64)
+    return (acc / x.shape[0]).to(z.dtype)
+
+
+def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: list[int],
+               opts: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fit one batch of centred datasets with the same d and K: returns [(z (K,d), beta (K,))]."""
+    dev, dt = xs[0].device, xs[0].dtype
+    B, d = len(xs), xs[0].shape[1]
+    subs, gens = [], []
+    for x, s in zip(xs, seeds):
+        g = torch.Generator().manual_seed(int(s))
+        S = max(min(x.shape[0], int(opts["max_points"])), K)
+        if S < x.shape[0]:
+            idx = torch.randperm(x.shape[0], generator=g)[:S].sort().values.to(dev)
+            subs.append(x[idx])
+        else:
+            subs.append(x)
+        gens.append(int(torch.randint(0, 2**62, (1,), generator=g)))
+    S_max = max(s.shape[0] for s in subs)
+    Xs = torch.zeros(B, S_max, d, dtype=dt, device=dev)
+    mask = torch.zeros(B, S_max, dtype=torch.bool, device=dev)
+    for b, s in enumerate(subs):
+        Xs[b, : s.shape[0]] = s
+        mask[b, : s.shape[0]] = True
+    seeds_z = kmeans_pp_init(Xs, mask, K, gens)  # data points spread out by D^2 sampling
+    z0 = lloyd(Xs, mask, seeds_z, iters=int(opts["kmeans_iters"])) if opts["kmeans_iters"] > 0 else seeds_z
+    batch = _Batch(Xs, mask, z0, gamma)
+    if opts["kmeans_iters"] > 0:
+        # In high dimension (relative to the kernel width) centroids embed worse than data points;
+        # start each dataset from whichever of the two gives the lower objective with optimal beta.
+        b_c = _solve_beta(batch.Kzz, batch.m, _uniform(batch), int(opts["qp_iters"]))
+        alt = _Batch(Xs, mask, seeds_z, gamma)
+        b_s = _solve_beta(alt.Kzz, alt.m, _uniform(alt), int(opts["qp_iters"]))
+        use = alt.objective(b_s) < batch.objective(b_c)
+        if bool(use.any()):
+            batch.set_z(torch.where(use.view(-1, 1, 1), seeds_z, z0))
+    beta = _optimise(batch, steps, opts)
+    out = []
+    for b, x in enumerate(xs):
+        z = batch.z[b]
+        if subs[b] is x:
+            c, Kzz, beta0 = batch.m[b], batch.Kzz[b], beta[b]
+        else:
+            c, Kzz, beta0 = _full_mean_kernel(z, x, gamma, int(opts["chunk_rows"])), batch.Kzz[b], beta[b]
+        out.append((z, (c, Kzz, beta0)))
+    # final exact beta for every dataset of the batch at once
+    c = torch.stack([o[1][0] for o in out])
+    Kzz = torch.stack([o[1][1] for o in out])
+    b0 = torch.stack([o[1][2] for o in out])
+    beta_final = _solve_beta(Kzz, c, b0, int(opts["final_qp_iters"]))
+    return [(o[0], beta_final[b]) for b, o in enumerate(out)]
+
+
+def fit_many(
+    datasets: Sequence[Any],
+    K: int = 100,
+    gamma: float = 0.1,
+    steps: int | None = None,
+    device: str | torch.device | None = "auto",
+    seed: int | Sequence[int] = 0,
+    dtype: str | torch.dtype | None = None,
+    nan_policy: str = "raise",
+    **options: Any,
+) -> list:
+    """Fit one RKME per dataset, many at once in padded batches.
+
+    Parameters
+    ----------
+    datasets : sequence of array-like, each (n_i, d_i)
+        numpy / torch / pandas / lists. Datasets may differ in n and in d (batches group equal d).
+    K : int
+        Reduced points per spec (reference default 100); when K >= n_i, ``max(1, 2 n_i // 3)`` is used.
+    gamma : float
+        Gaussian kernel bandwidth (reference default 0.1).
+    steps : int, optional
+        Optimisation rounds; default :data:`DEFAULT_STEPS`. ``0`` gives k-means + optimal beta.
+    device, dtype
+        Where and in which precision to compute (float32 by default, ``"float64"`` on request).
+    seed : int or sequence of int
+        Seed of every dataset (an int applies to each), so a dataset fits identically alone or batched.
+    nan_policy : {"raise", "impute"}
+        NaN/Inf are refused, or replaced by column means (as the reference package does).
+    **options
+        ``step_size`` (reference scheme: fixed-size exact-gradient steps), ``max_points`` (rows per
+        dataset for the z-steps, default 8192), ``kmeans_iters``, ``qp_iters``, ``final_qp_iters``,
+        ``batch_memory`` (bytes), ``chunk_rows``, ``progress`` (bool), ``min_eta``.
+
+    Returns
+    -------
+    list of :class:`lwgpu.spec.rkme.RKME`, in input order, with ``num_points`` set.
+    """
+    from .rkme import RKME
+
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fit options {unknown}; known options are {sorted(_OPTIONS)}")
+    opts = {**_OPTIONS, **options}
+    if isinstance(datasets, (np.ndarray, torch.Tensor)) and datasets.ndim == 2:
+        raise ValueError("fit_many expects a list of (n, d) datasets; for one dataset use RKME.fit(X)")
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("fit_many got no datasets; pass a non-empty list of (n, d) arrays")
+    K = check_K(K)
+    gamma = check_gamma(gamma)
+    steps = DEFAULT_STEPS if steps is None else int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if opts["step_size"] is not None and not (float(opts["step_size"]) > 0):
+        raise ValueError(f"step_size must be > 0, got {opts['step_size']}")
+    if int(opts["max_points"]) < 1:
+        raise ValueError(f"max_points must be >= 1, got {opts['max_points']}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    seeds = _seeds(seed, len(datasets))
+
+    xs, mus = [], []
+    for i, X in enumerate(datasets):
+        name = "X" if len(datasets) == 1 else f"datasets[{i}]"
+        x = as_matrix(X, name=name, nan_policy=nan_policy, dtype=torch.float64, device=dev)
+        mu = x.mean(0)
+        xs.append((x - mu).to(dt))  # centred: float32 distances stay accurate far from the origin
+        mus.append(mu)
+
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault((x.shape[1], effective_K(K, x.shape[0])), []).append(i)
+    itemsize = torch.finfo(dt).bits // 8
+    batches = []
+    for (d, Kg), idx in groups.items():
+        idx.sort(key=lambda i: xs[i].shape[0])
+        cur: list[int] = []
+        for i in idx:
+            S = max(min(xs[i].shape[0], int(opts["max_points"])), Kg)
+            per = 4 * S * (Kg + d) * itemsize
+            if cur and per * (len(cur) + 1) > opts["batch_memory"]:
+                batches.append((Kg, cur))
+                cur = []
+            cur.append(i)
+        batches.append((Kg, cur))
+
+    show = opts["progress"] if opts["progress"] is not None else len(datasets) >= 8
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(datasets)
+    with tqdm(total=len(datasets), desc="fit RKME", unit="spec", disable=not show) as bar:
+        for Kg, idx in batches:
+            fitted = _fit_batch([xs[i] for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
+            for i, (z, beta) in zip(idx, fitted):
+                z = (z.to(torch.float64) + mus[i]).to(dt)
+                results[i] = RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev)
+            bar.update(len(idx))
+    logger.info("fitted %d RKME specs (K=%d, gamma=%g, steps=%d) in %d batches on %s",
+                len(datasets), K, gamma, steps, len(batches), dev)
+    return results
