@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 logger = logging.getLogger(__name__)
 
-#: Where the configs live, relative to this file (and as an absolute path for the compose API).
+#: The repository's configs/, relative to this file; resolved to an absolute path because Hydra reads a
+#: relative config_path as a package path when the entry point is imported as a module (console script).
 CONFIG_PATH = "../../configs"
 CONFIG_DIR = str((Path(__file__).resolve().parent / CONFIG_PATH).resolve())
 
@@ -74,7 +75,7 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     return {"out_dir": out, "jsonl": jsonl, "csv": csv, "plots": plots, "results": results}
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Console-script entry point (``lwgpu-bench``)."""
     out = run(cfg, HydraConfig.get().runtime.output_dir)
