@@ -1,0 +1,33 @@
+"""Sublinear spec search: random-feature embeddings of RKMEs, FAISS candidates, exact re-ranking.
+
+``SpecIndex(bank, factory="IVF1024,Flat")`` embeds every spec of a SpecBank as one vector whose L2
+distances approximate the squared MMD, asks FAISS for candidates and re-ranks them exactly.
+"""
+from .embed import NystroemFeatures, RandomFourierFeatures, SpecEmbedder, make_embedder, pad_specs
+from .faiss_index import SpecIndex, effective_factory
+from .tuning import (
+    DEFAULTS,
+    IndexReport,
+    default_params,
+    evaluate_index,
+    recall_at_k,
+    synthetic_spec_arrays,
+    tune,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "IndexReport",
+    "NystroemFeatures",
+    "RandomFourierFeatures",
+    "SpecEmbedder",
+    "SpecIndex",
+    "default_params",
+    "effective_factory",
+    "evaluate_index",
+    "make_embedder",
+    "pad_specs",
+    "recall_at_k",
+    "synthetic_spec_arrays",
+    "tune",
+]
