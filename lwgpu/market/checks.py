@@ -1,0 +1,154 @@
+"""Submission checks: each failure raises :class:`SubmissionError` naming the check and the reason.
+
+Checks, in order:
+
+``package``   the folder/zip holds ``learnware.yaml`` (valid YAML, with semantic_spec, model and
+              stat_specifications) and the files it names;
+``semantic``  the semantic spec passes :func:`lwgpu.spec.semantic.validate_semantic_spec`;
+``rkme``      the RKME JSON loads, is finite, has the declared ``input_dim`` and the market's gamma;
+``model_load``    the model loads through its adapter;
+``model_predict`` ``predict`` runs on samples herded from the learnware's own RKME and returns one
+              output per row of the declared shape (labels in ``[0, output_dim)`` or
+              ``(n, output_dim)`` scores for classification; ``(n,)``/``(n, output_dim)`` otherwise);
+``duplicate`` (checked by the market) no stored learnware has the same content hash.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..spec.semantic import validate_semantic_spec
+from .learnware import ModelAdapter, load_model
+from .package import Manifest, read_manifest
+
+logger = logging.getLogger(__name__)
+
+CHECKS = ("package", "semantic", "rkme", "model_load", "model_predict", "duplicate")
+
+
+class SubmissionError(ValueError):
+    """A refused submission: ``check`` (one of :data:`CHECKS`) and a human-readable ``reason``."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        self.check = check
+        self.reason = reason
+        super().__init__(f"submission refused by check {check!r}: {reason}")
+
+
+@dataclass
+class CheckedPackage:
+    """What the checks established: the manifest, normalised semantic spec, the RKME and the model."""
+
+    manifest: Manifest
+    semantic_spec: dict[str, Any]
+    rkme: Any
+    model: ModelAdapter
+
+
+def check_package(folder: Path) -> Manifest:
+    """The ``package`` check: manifest readable and the files it names present."""
+    try:
+        man = read_manifest(folder)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SubmissionError("package", str(exc)) from exc
+    if not (folder / man.spec_file).is_file():
+        raise SubmissionError("package", f"the RKME file {man.spec_file!r} named in learnware.yaml is missing")
+    for key in ("file", "module", "module_path"):
+        name = man.model.get(key)
+        if isinstance(name, str) and not (folder / name).is_file():
+            raise SubmissionError("package", f"the model {key} {name!r} named in learnware.yaml is missing")
+    return man
+
+
+def check_semantic(raw: Any) -> dict[str, Any]:
+    """The ``semantic`` check; returns the normalised spec."""
+    try:
+        return validate_semantic_spec(raw)
+    except ValueError as exc:
+        raise SubmissionError("semantic", str(exc)) from exc
+
+
+def check_rkme(path: Path, semantic: dict[str, Any], gamma: float) -> Any:
+    """The ``rkme`` check; returns the loaded RKME (float32, CPU)."""
+    from ..spec.rkme import RKME
+
+    try:
+        spec = RKME.load(path)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise SubmissionError("rkme", f"the RKME file does not load: {exc}") from exc
+    z, beta = spec.numpy()
+    if not (np.isfinite(z).all() and np.isfinite(beta).all()):
+        raise SubmissionError("rkme", "the RKME has NaN/Inf values")
+    if spec.d != semantic["input_dim"]:
+        raise SubmissionError("rkme", f"the RKME has dimension {spec.d} but the semantic spec declares input_dim="
+                                      f"{semantic['input_dim']}")
+    if not math.isclose(spec.gamma, gamma, rel_tol=1e-9):
+        raise SubmissionError("rkme", f"the RKME uses gamma={spec.gamma} but this market uses gamma={gamma}; "
+                                      "refit the spec with the market's gamma")
+    if not math.isfinite(spec.self_inner) or float(np.clip(beta, 0, None).sum()) <= 0:
+        raise SubmissionError("rkme", "the RKME has no positive weight or a non-finite self inner product")
+    return spec
+
+
+def _check_output(out: Any, n: int, semantic: dict[str, Any]) -> None:
+    try:
+        arr = np.asarray(out)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is the model's fault
+        raise SubmissionError("model_predict", f"predict returned something that is not an array: {exc}") from exc
+    if arr.ndim == 0 or arr.shape[0] != n:
+        raise SubmissionError("model_predict", f"predict returned shape {arr.shape} for {n} rows; "
+                                               "need one output per input row")
+    o = semantic["output_dim"]
+    numeric = np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+    if numeric and not np.isfinite(arr.astype(np.float64)).all():
+        raise SubmissionError("model_predict", "predict returned NaN/Inf")
+    is_labels = arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)
+    if semantic["task_type"] == "classification":
+        if is_labels:
+            if numeric:
+                lab = arr.reshape(-1).astype(np.float64)
+                if not (np.all(lab == np.round(lab)) and lab.min() >= 0 and lab.max() < o):
+                    raise SubmissionError("model_predict", f"predicted labels must be integers in [0, {o}) "
+                                                           f"(output_dim={o})")
+            return
+        if arr.ndim == 2 and arr.shape[1] == o:
+            return
+        raise SubmissionError("model_predict", f"predict returned shape {arr.shape}; a classifier with "
+                                               f"output_dim={o} must return labels ({n},) or scores ({n}, {o})")
+    ok = (is_labels and o == 1) or (arr.ndim == 2 and arr.shape[1] == o)
+    if not ok:
+        raise SubmissionError("model_predict", f"predict returned shape {arr.shape}; expected ({n}, {o})"
+                                               + (f" or ({n},)" if o == 1 else ""))
+
+
+def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme: Any,
+                n_samples: int = 10, seed: int = 0) -> ModelAdapter:
+    """The ``model_load`` and ``model_predict`` checks on ``n_samples`` rows herded from ``rkme``."""
+    try:
+        model = load_model(folder, manifest.model)
+    except Exception as exc:  # noqa: BLE001 - report any loading failure as the check's reason
+        raise SubmissionError("model_load", f"{type(exc).__name__}: {exc}") from exc
+    try:
+        X = rkme.herd(n_samples, seed=seed).astype(np.float32)
+    except ValueError as exc:
+        raise SubmissionError("rkme", f"cannot draw samples from the RKME: {exc}") from exc
+    try:
+        out = model.predict(X)
+    except Exception as exc:  # noqa: BLE001
+        raise SubmissionError("model_predict", f"predict raised {type(exc).__name__}: {exc}") from exc
+    _check_output(out, n_samples, semantic)
+    return model
+
+
+def run_checks(folder: Path, gamma: float, n_samples: int = 10, seed: int = 0) -> CheckedPackage:
+    """All checks but ``duplicate`` on an unpacked package ``folder``; raises :class:`SubmissionError`."""
+    man = check_package(folder)
+    sem = check_semantic(man.semantic_spec)
+    rkme = check_rkme(folder / man.spec_file, sem, gamma)
+    model = check_model(folder, man, sem, rkme, n_samples=n_samples, seed=seed)
+    return CheckedPackage(man, sem, rkme, model)

@@ -1,0 +1,146 @@
+"""Mixture search: the weighted mixture of a few market specs nearest a user's spec in MMD.
+
+For candidates ``B_1..B_M`` with Gram matrix ``G_ij = <B_i, B_j>`` and cross terms ``c_i = <U, B_i>``,
+weights ``w`` on the simplex minimise ``dist(U, sum_m w_m B_m) = <U,U> - 2 c'w + w'Gw``, a QP.
+
+- :func:`mixture_greedy` (the reference's ``_search_by_rkme_spec_mixture_greedy``): start from the
+  best single spec, then repeatedly add the candidate whose re-optimised mixture has the lowest MMD;
+  stop when that MMD does not drop below ``decay_rate`` times the current one. The QPs of all
+  candidates in a step are solved as one batch by :func:`lwgpu.spec.qp.solve_simplex_qp`.
+- :func:`mixture_auto` (the reference's ``_search_by_rkme_spec_mixture_auto``): one QP over all
+  candidates, keep the heaviest ones up to ``weight_cutoff`` of the mass, re-solve on those.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.torch_backend import gaussian_kernel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Positions ``members`` (m,) into the candidate list, simplex ``weights`` (m,), and its ``mmd2``."""
+
+    members: tuple[int, ...]
+    weights: tuple[float, ...]
+    mmd2: float
+
+
+def _solve(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Simplex QP min 0.5 w'Gw - c'w, batched: G (B, M, M), c (B, M) -> w (B, M)."""
+    if G.shape[-1] == 1:
+        return torch.ones_like(c)
+    from ..spec.qp import solve_simplex_qp
+
+    # the active-set polish makes the answer exact for these small M, so few FISTA steps suffice
+    w = solve_simplex_qp(G, c, iters=300, check_every=25)
+    w = w.clamp_min(0.0)
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+def _objective(uu: float, G: torch.Tensor, c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``<U,U> - 2 c'w + w'Gw`` for batched G (B, M, M), c (B, M), w (B, M) -> (B,)."""
+    return uu - 2.0 * (c * w).sum(-1) + torch.einsum("bi,bij,bj->b", w, G, w)
+
+
+def gram_and_cross(
+    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float, tile: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Float64 ``G`` (M, M), ``c`` (M,) and ``<U,U>`` for candidate specs and a user spec.
+
+    Parameters
+    ----------
+    z, beta : (M, K, d), (M, K) candidate specs (zero weights pad ragged specs).
+    zu, bu : (Ku, d), (Ku,) the user spec.
+    tile : rows of flattened candidate points per kernel block (memory O(tile * M * K)).
+    """
+    M, K, d = z.shape
+    z = z.to(torch.float64)
+    beta = beta.to(torch.float64)
+    zu, bu = zu.to(z.device, torch.float64), bu.to(z.device, torch.float64)
+    flat = z.reshape(M * K, d)
+    bflat = beta.reshape(M * K)
+    G = torch.empty(M, M, dtype=torch.float64, device=z.device)
+    step = max(1, tile // max(K, 1))
+    for i in range(0, M, step):
+        rows = flat[i * K : (i + step) * K]
+        kb = gaussian_kernel(rows, flat, gamma) * bflat[i * K : (i + step) * K, None] * bflat[None, :]
+        m = rows.shape[0] // K
+        G[i : i + m] = kb.reshape(m, K, M, K).sum(dim=(1, 3))
+    G = 0.5 * (G + G.T)
+    c = ((bu @ gaussian_kernel(zu, flat, gamma)) * bflat).reshape(M, K).sum(1)
+    uu = float(bu @ gaussian_kernel(zu, zu, gamma) @ bu)
+    return G, c, uu
+
+
+def mixture_greedy(
+    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int, decay_rate: float = 0.95
+) -> Mixture:
+    """Greedy forward selection over M candidates (G (M, M), c (M,), ``uu = <U,U>``)."""
+    M = int(c.shape[0])
+    if M == 0:
+        raise ValueError("mixture search needs at least one candidate")
+    selected: list[int] = []
+    best_w: torch.Tensor | None = None
+    best: float | None = None
+    for step in range(min(max_mixture, M)):
+        mask = torch.ones(M, dtype=torch.bool, device=c.device)
+        if selected:
+            mask[torch.tensor(selected, device=c.device)] = False
+        rest = torch.nonzero(mask).reshape(-1)
+        sel = torch.tensor(selected, dtype=torch.long, device=c.device).expand(rest.shape[0], step)
+        idx = torch.cat([sel, rest[:, None]], dim=1)  # (R, step+1)
+        Gb = G[idx[:, :, None], idx[:, None, :]]
+        cb = c[idx]
+        w = _solve(Gb, cb)
+        obj = _objective(uu, Gb, cb, w)
+        j = int(torch.argmin(obj))
+        val = float(obj[j])
+        if best is None or val <= best * decay_rate:
+            best, best_w = val, w[j]
+            selected.append(int(rest[j]))
+        else:
+            break
+    assert best_w is not None and best is not None
+    return _drop_zero(selected, best_w, best)
+
+
+def _drop_zero(members: list[int], w: torch.Tensor, val: float, tol: float = 1e-6) -> Mixture:
+    """Leave out members whose optimal weight is (numerically) zero; they do not change the mixture."""
+    keep = [(m, float(x)) for m, x in zip(members, w.cpu().tolist()) if x > tol]
+    total = sum(x for _, x in keep)
+    return Mixture(tuple(m for m, _ in keep), tuple(x / total for _, x in keep), max(val, 0.0))
+
+
+def mixture_auto(
+    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int, weight_cutoff: float = 0.98
+) -> Mixture:
+    """One QP over all candidates; keep the heaviest up to ``weight_cutoff`` of the mass; re-solve."""
+    M = int(c.shape[0])
+    if M == 0:
+        raise ValueError("mixture search needs at least one candidate")
+    w = _solve(G[None], c[None])[0]
+    order = torch.argsort(w, descending=True).tolist()
+    chosen: list[int] = []
+    acc = 0.0
+    for i in order:
+        acc += float(w[i])
+        if acc <= weight_cutoff:
+            chosen.append(i)
+        else:
+            break
+    if len(chosen) <= 1:
+        i = order[0]
+        val = uu - 2.0 * float(c[i]) + float(G[i, i])
+        return Mixture((i,), (1.0,), max(val, 0.0))
+    chosen = chosen[:max_mixture]
+    idx = torch.tensor(chosen, device=c.device)
+    Gs, cs = G[idx][:, idx], c[idx]
+    ws = _solve(Gs[None], cs[None])
+    val = float(_objective(uu, Gs[None], cs[None], ws)[0])
+    return _drop_zero(chosen, ws[0], val)
