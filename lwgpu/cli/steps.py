@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ..data.synthetic import SyntheticMarket, UserTasks
 from ..tracking import Results
@@ -47,14 +46,10 @@ def build_market(cfg: DictConfig) -> tuple[SyntheticMarket, UserTasks]:
     return market, users
 
 
-def _fit_batched(cfg: DictConfig, datasets: list[np.ndarray], desc: str) -> list:
-    """Fit ``datasets`` with ``cfg.spec.fit`` in batches of ``cfg.spec.batch`` (one progress step each)."""
+def _fit(cfg: DictConfig, datasets: list[np.ndarray]) -> list:
+    """Fit ``datasets`` with ``cfg.spec.fit`` (``RKME.fit_many``: batched, with its own progress bar)."""
     fit = instantiate(cfg.spec.fit)
-    step = max(1, int(cfg.spec.batch))
-    specs: list = []
-    for lo in tqdm(range(0, len(datasets), step), desc=desc, unit="batch", disable=not cfg.progress):
-        specs.extend(fit(datasets[lo : lo + step]))
-    return specs
+    return fit(datasets, progress=bool(cfg.progress))
 
 
 def build_specs(cfg: DictConfig, market: SyntheticMarket, users: UserTasks, results: Results,
@@ -81,7 +76,7 @@ def build_specs(cfg: DictConfig, market: SyntheticMarket, users: UserTasks, resu
         raise ValueError(f"market.mode={cfg.market.mode!r}: use 'fitted' or 'spec_only'")
     datasets = market.sample(int(cfg.market.rows_per_task))
     t0 = time.perf_counter()
-    specs = _fit_batched(cfg, datasets, "fit market specs")
+    specs = _fit(cfg, datasets)
     fit_s = time.perf_counter() - t0
     results.add("fit_time", fit_s, "s", method="fit", **tags)
     results.add("fit_throughput", len(specs) / fit_s if fit_s > 0 else math.inf, "specs/s", method="fit", **tags)
@@ -96,7 +91,7 @@ def build_specs(cfg: DictConfig, market: SyntheticMarket, users: UserTasks, resu
     t0 = time.perf_counter()
     bank = SpecBank.from_specs(specs, ids=market.ids)
     results.add("bank_build_time", time.perf_counter() - t0, "s", method="fit", **tags)
-    queries = _fit_batched(cfg, users.data, "fit user specs")
+    queries = _fit(cfg, users.data)
     return bank, queries
 
 

@@ -1,0 +1,71 @@
+"""``lwgpu-bench`` end to end: each experiment's debug variant, same-seed determinism, the console entry."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lwgpu.cli.bench import CONFIG_DIR, run
+from lwgpu.tracking import read_jsonl
+
+REPO = Path(CONFIG_DIR).parent
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _stable(rows):
+    """Rows without timing measurements, as comparable tuples."""
+    return [json.dumps(r, sort_keys=True) for r in rows if not r["timing"]]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_debug_variant_end_to_end(experiment, tmp_path):
+    cfg = _compose(f"experiment={experiment}", "debug=default")
+    out = run(cfg, tmp_path)
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    assert rows and (tmp_path / "results.csv").exists() and (tmp_path / "config_resolved.yaml").exists()
+    assert {r["experiment"] for r in rows} == {cfg.experiment.name}
+    assert all(r["git_commit"] and r["device"] and r["torch"] for r in rows)
+    assert out["plots"] and all(p.read_bytes()[:4] == b"\x89PNG" for p in out["plots"])
+    if cfg.experiment.sweep:  # one measurement set per swept value
+        key = cfg.experiment.sweep.param
+        assert {r[key] for r in rows if key in r} == set(cfg.experiment.sweep.debug_values)
+        assert (tmp_path / f"{cfg.experiment.name}.png").exists()
+    quality = [r for r in rows if not r["timing"] and r["unit"] == ""]
+    assert quality and all(0.0 <= r["value"] <= 1.0 for r in quality)
+
+
+def test_same_seed_same_rows(tmp_path):
+    a = run(_compose("debug=default", "seed=3"), tmp_path / "a")["results"].rows
+    b = run(_compose("debug=default", "seed=3"), tmp_path / "b")["results"].rows
+    c = run(_compose("debug=default", "seed=4"), tmp_path / "c")["results"].rows
+    assert _stable(a) == _stable(b)
+    assert [r["name"] for r in a] == [r["name"] for r in b]
+    assert _stable(a) != _stable(c)
+
+
+def test_console_entry_point_writes_and_prints(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lwgpu.cli.bench", "debug=default", "search=single",
+                           f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"results: {tmp_path / 'results.jsonl'}" in proc.stdout and "summary.png" in proc.stdout
+    assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "results.csv").exists()
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    """The installed console script (``make install``) finds configs/ from any folder."""
+    script = Path(sys.executable).with_name("lwgpu-bench")
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "lwgpu.cli.bench"]
+    proc = subprocess.run(entry + ["--cfg", "job", "market.n_tasks=123"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "n_tasks: 123" in proc.stdout and "experiment:" in proc.stdout

@@ -1,0 +1,56 @@
+"""Every config group option composes (Hydra compose API) and every ``_target_`` in it instantiates."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lwgpu.cli.bench import CONFIG_DIR
+
+GROUPS = ["market", "spec", "kernel", "index", "search", "reuse", "logger", "experiment", "debug"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
+LAUNCHERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))
+
+
+def _targets(node, path=""):
+    """(path, node) of every mapping with a ``_target_`` inside ``node``."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for k in node:
+            yield from _targets(node[k], f"{path}.{k}" if path else str(k))
+    elif isinstance(node, ListConfig):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{path}[{i}]")
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+    assert {"joblib", "submitit_local", "submitit_slurm"} <= set(LAUNCHERS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_group_option_composes_and_instantiates(group, option):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"{group}={option}"])
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg[group] is not None if group != "debug" else cfg.debug_mode
+    found = 0
+    for path, node in _targets(cfg):
+        obj = instantiate(node)
+        assert obj is not None, path
+        found += 1
+    assert found >= 3  # market generator, spec fit, exact search at least
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launcher_configs_compose_and_instantiate(launcher):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}", "debug=default"],
+                      return_hydra_config=True)
+    node = cfg.hydra.launcher
+    assert node._target_.startswith("hydra_plugins.")
+    params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+    obj = instantiate(OmegaConf.create({"_target_": node._target_, **params}))
+    assert type(obj).__name__.endswith("Launcher")
