@@ -45,6 +45,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_GAMMA = 0.1
 
 
+def _swap_save(obj: Any, parent: Path, name: str) -> None:
+    """``obj.save`` into a temp folder, then swap it in for ``parent/name`` (never a half-written one)."""
+    parent.mkdir(exist_ok=True)
+    final = parent / name
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    obj.save(tmp)
+    old = parent / f".old.{name}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class Market:
     """A learnware market stored under ``root``.
 
@@ -97,6 +111,7 @@ class Market:
         self._index_lock = threading.Lock()
         self._banks: dict[int, Any] = {}
         self._indexes: dict[int, Any] = {}
+        self._index_dir = self.root / "indexes"
         self._semantic: dict[int, dict[str, Any]] = {}
         self._rows: dict[int, LearnwareRow] = {}
         self._learnwares: dict[int, Learnware] = {}
@@ -152,6 +167,10 @@ class Market:
                 except (ValueError, OSError, KeyError) as exc:
                     logger.warning("saved bank %s unusable (%s); rebuilding it from the spec files", p, exc)
                     shutil.rmtree(p, ignore_errors=True)
+            self._index_dir.mkdir(exist_ok=True)
+            for p in self._index_dir.iterdir():
+                if p.name.startswith("."):
+                    shutil.rmtree(p, ignore_errors=True)
         changed = False
         for d in set(self._banks) | set(want):
             bank = self._banks.get(d)
@@ -171,23 +190,19 @@ class Market:
                 else:
                     bank.add(specs, ids=missing)
             self._banks[d] = bank
-            self._indexes.pop(d, None)
         for d in [d for d, b in self._banks.items() if len(b) == 0]:
-            del self._banks[d]
-            shutil.rmtree(self._bank_dir / f"d{d}", ignore_errors=True)
+            self._drop_bank(d)
         if changed:
             self._save_banks()
 
     def _save_banks(self) -> None:
         for d, bank in self._banks.items():
-            final = self._bank_dir / f"d{d}"
-            tmp = Path(tempfile.mkdtemp(dir=self._bank_dir, prefix=f".d{d}."))
-            bank.save(tmp)
-            old = self._bank_dir / f".old.d{d}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_save(bank, self._bank_dir, f"d{d}")
+        with self._index_lock:
+            for d, idx in self._indexes.items():
+                if idx.bank is self._banks.get(d):
+                    idx.sync()
+                    _swap_save(idx, self._index_dir, f"d{d}")
         self._dirty = 0
 
     def refresh(self) -> None:
@@ -278,8 +293,13 @@ class Market:
             self._banks[d] = SpecBank.from_specs([rkme], ids=[new_id], device=self.device)
         else:
             bank.add([rkme], ids=[new_id])
-        self._indexes.pop(d, None)
         self._count_change()
+
+    def _drop_bank(self, d: int) -> None:
+        self._banks.pop(d, None)
+        self._indexes.pop(d, None)
+        shutil.rmtree(self._bank_dir / f"d{d}", ignore_errors=True)
+        shutil.rmtree(self._index_dir / f"d{d}", ignore_errors=True)
 
     def _count_change(self) -> None:
         self._dirty += 1
@@ -308,11 +328,9 @@ class Market:
             self._learnwares.pop(id, None)
             bank = self._banks[d]
             if len(bank) == 1:
-                del self._banks[d]
-                shutil.rmtree(self._bank_dir / f"d{d}", ignore_errors=True)
+                self._drop_bank(d)
             else:
                 bank.remove([id])
-            self._indexes.pop(d, None)
             shutil.rmtree(trash, ignore_errors=True)
             self._count_change()
 
@@ -354,17 +372,27 @@ class Market:
         return self._banks.get(int(d))
 
     def _index_for(self, d: int, bank: Any) -> Any:
+        """The SpecIndex of bank ``d`` once it holds ``index_threshold`` specs: loaded, synced or built."""
         if len(bank) < self.index_threshold:
             return None
         with self._index_lock:
             idx = self._indexes.get(d)
+            if idx is not None and idx.bank is not bank:
+                idx = None
             if idx is None:
                 try:
                     from ..index import SpecIndex
                 except ImportError:
                     return None
-                idx = SpecIndex(bank, device=self.device)
+                saved = self._index_dir / f"d{d}"
+                try:
+                    idx = SpecIndex.load(saved, bank, device=self.device) if saved.exists() else None
+                except (ValueError, OSError, KeyError) as exc:
+                    logger.warning("saved index %s unusable (%s); rebuilding", saved, exc)
+                if idx is None:
+                    idx = SpecIndex(bank, device=self.device)
                 self._indexes[d] = idx
+            idx.sync()  # the bank may have changed since (ids are never reused)
             return idx
 
     def search(

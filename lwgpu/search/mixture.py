@@ -7,8 +7,9 @@ weights ``w`` on the simplex minimise ``dist(U, sum_m w_m B_m) = <U,U> - 2 c'w +
   best single spec, then repeatedly add the candidate whose re-optimised mixture has the lowest MMD;
   stop when that MMD does not drop below ``decay_rate`` times the current one. The QPs of all
   candidates in a step are solved as one batch by :func:`lwgpu.spec.qp.solve_simplex_qp`.
-- :func:`mixture_auto` (the reference's ``_search_by_rkme_spec_mixture_auto``): one QP over all
-  candidates, keep the heaviest ones up to ``weight_cutoff`` of the mass, re-solve on those.
+- :func:`mixture_auto` (after the reference's ``_search_by_rkme_spec_mixture_auto``): one QP over all
+  candidates, keep the fewest heaviest ones that hold ``weight_cutoff`` of the mass (the reference
+  leaves out the member that crosses the cutoff, so a 60/40 mixture came back as a single), re-solve.
 """
 from __future__ import annotations
 
@@ -128,12 +129,11 @@ def mixture_auto(
     order = torch.argsort(w, descending=True).tolist()
     chosen: list[int] = []
     acc = 0.0
-    for i in order:
+    for i in order:  # the fewest heaviest members holding weight_cutoff of the mass (the reference
+        if acc >= weight_cutoff or float(w[i]) <= 1e-6:  # stops *before* the crossing one, which drops
+            break  # the second of two equal halves; we keep it)
+        chosen.append(i)
         acc += float(w[i])
-        if acc <= weight_cutoff:
-            chosen.append(i)
-        else:
-            break
     if len(chosen) <= 1:
         i = order[0]
         val = uu - 2.0 * float(c[i]) + float(G[i, i])
