@@ -1,6 +1,6 @@
 """Tiled torch cross terms between query specs and a bank tile (CPU or GPU).
 
-For a block of ``t`` bank specs, one GEMM gives every query-point/bank-point dot product; the
+For a block of ``t`` bank specs, one GEMM on augmented rows gives every exponent ``-gamma |a-b|^2``; the
 Gaussian is taken in place, contracted with the query weights (a batched GEMV) and then with the bank
 weights in float64. No tensor larger than ``max_block_elems`` elements (plus O(t K d) copies of
 the tile) is made: an ``N x K x K`` tensor never exists.
@@ -49,17 +49,18 @@ def cross_terms(
     center = (qz.reshape(-1, d) * real).sum(0) / real.sum().clamp_min(1.0)  # shift invariance keeps
     # |a|^2 + |b|^2 - 2ab accurate in float32 for data far from the origin
     qf = (qz - center).reshape(q * kq, d)
-    qn = (qf * qf).sum(-1, keepdim=True).mul_(gamma)  # (Q Kq, 1)
-    qf2 = qf * (2.0 * gamma)
+    ones = torch.ones(q * kq, 1, dtype=dt, device=dev)
+    # augmented rows: [2g a, -g|a|^2, 1] . [b, 1, -g|b|^2] = -g |a - b|^2, so one GEMM gives the exponent
+    qa = torch.cat([qf * (2.0 * gamma), (qf * qf).sum(-1, keepdim=True).mul_(-gamma), ones], 1)
     qbv = qb.reshape(q, 1, kq)
     step = max(1, int(max_block_elems) // max(1, q * kq * k))
     big = 0
     for s in range(0, t, step):
         e = min(s + step, t)
         zt = bz[s:e].to(dev, dt, non_blocking=True).reshape(-1, d) - center  # ((e-s) K, d)
-        zn = (zt * zt).sum(-1).mul_(gamma)
-        g = torch.mm(qf2, zt.T)  # 2 gamma <a, b>
-        g.sub_(qn).sub_(zn).clamp_max_(0.0).exp_()  # exp(-gamma |a - b|^2)
+        za = torch.cat([zt, torch.ones(zt.shape[0], 1, dtype=dt, device=dev),
+                        (zt * zt).sum(-1, keepdim=True).mul_(-gamma)], 1)
+        g = torch.mm(qa, za.T).exp_()  # (Q Kq, (e-s) K): exp(-gamma |a - b|^2) (rounding may leave +1e-7)
         big = max(big, g.numel())
         r = torch.bmm(qbv, g.view(q, kq, -1)).view(q, e - s, k)  # contract query points
         w = bb[s:e].to(dev, non_blocking=True).to(torch.float64)
