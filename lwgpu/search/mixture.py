@@ -74,9 +74,20 @@ def gram_and_cross(
         m = rows.shape[0] // K
         G[i : i + m] = kb.reshape(m, K, M, K).sum(dim=(1, 3))
     G = 0.5 * (G + G.T)
-    c = ((bu @ gaussian_kernel(zu, flat, gamma)) * bflat).reshape(M, K).sum(1)
-    uu = float(bu @ gaussian_kernel(zu, zu, gamma) @ bu)
+    c, uu = cross_and_self(z, beta, zu, bu, gamma)
     return G, c, uu
+
+
+def cross_and_self(
+    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, float]:
+    """Float64 ``c_m = <U, B_m>`` (M,) for candidates z (M, K, d), beta (M, K), and ``<U,U>``."""
+    M, K, d = z.shape
+    z, beta = z.to(torch.float64), beta.to(torch.float64)
+    zu, bu = zu.to(z.device, torch.float64), bu.to(z.device, torch.float64)
+    c = ((bu @ gaussian_kernel(zu, z.reshape(M * K, d), gamma)) * beta.reshape(M * K)).reshape(M, K).sum(1)
+    uu = float(bu @ gaussian_kernel(zu, zu, gamma) @ bu)
+    return c, uu
 
 
 def mixture_greedy(

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .mixture import gram_and_cross, mixture_auto, mixture_greedy
+from .mixture import cross_and_self, gram_and_cross, mixture_auto, mixture_greedy
 from .results import MixtureItem, SearchResult, SingleItem
 from .scores import dist_to_score
 
@@ -101,18 +101,26 @@ def statistical_search(
     n_top = min(len(order), max(k, max_mixture * max_mixture if mixture else k))
     top = order[:n_top]
     top_pos = torch.as_tensor(pos_all[top], device=sub.z.device)
-    zu, bu = query.z, query.beta
-    G, c, uu = gram_and_cross(sub.z[top_pos], sub.beta[top_pos], zu.to(sub.z.device), bu.to(sub.z.device), sub.gamma)
-    exact_top = (uu - 2.0 * c + torch.diagonal(G)).clamp_min(0.0).cpu().numpy()
+    zu, bu = query.z.to(sub.z.device), query.beta.to(sub.z.device)
+    want_mix = mixture and max_mixture > 1 and n_top > 1
+    zt, bt = sub.z[top_pos], sub.beta[top_pos]
+    if want_mix:
+        G, c, uu = gram_and_cross(zt, bt, zu, bu, sub.gamma)
+        diag = torch.diagonal(G)
+    else:  # self terms were computed in float64 when the specs entered the bank
+        c, uu = cross_and_self(zt, bt, zu, bu, sub.gamma)
+        diag = sub.self_inner[top_pos].to(c.device, torch.float64)
+    exact_top = (uu - 2.0 * c + diag).clamp_min(0.0).cpu().numpy()
     dists = dists.copy()
     dists[top] = exact_top
     top_sorted = np.argsort(exact_top, kind="stable")
     top = top[top_sorted]
-    G, c = G[top_sorted][:, top_sorted], c[top_sorted]
     order = np.concatenate([top, order[n_top:]])
 
     mix = None
-    if mixture and max_mixture > 1 and dists[order[0]] > 0 and n_top > 1:
+    if want_mix and dists[order[0]] > 0:
+        ts = torch.as_tensor(top_sorted, device=c.device)
+        G, c = G[ts][:, ts], c[ts]
         fn = mixture_greedy if method == "greedy" else mixture_auto
         kw = {"decay_rate": decay_rate} if method == "greedy" else {"weight_cutoff": weight_cutoff}
         m = fn(G, c, uu, max_mixture, **kw)
