@@ -129,7 +129,7 @@ def _draw_points(rng: np.random.Generator, centres: np.ndarray, K: int, scale: f
 
 # ---------------------------------------------------------------------- parameters
 #: Documented defaults (docs/index.md), measured on the synthetic market of :func:`synthetic_spec_arrays`.
-DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 256, "candidates": 200, "nprobe": 32, "ef_search": 256}
+DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 512, "candidates": 200, "nprobe": 64, "ef_search": 256}
 
 
 def default_params(n: int, factory: str = "IVF1024,Flat") -> dict[str, Any]:
