@@ -44,9 +44,10 @@ def test_experiment_debug_variant_end_to_end(experiment, tmp_path):
 
 
 def test_same_seed_same_rows(tmp_path):
-    a = run(_compose("debug=default", "seed=3"), tmp_path / "a")["results"].rows
-    b = run(_compose("debug=default", "seed=3"), tmp_path / "b")["results"].rows
-    c = run(_compose("debug=default", "seed=4"), tmp_path / "c")["results"].rows
+    common = ("debug=default", "search=single", "market.users.n=6")  # fit, bank, FAISS index, exact + indexed search
+    a = run(_compose(*common, "seed=3"), tmp_path / "a")["results"].rows
+    b = run(_compose(*common, "seed=3"), tmp_path / "b")["results"].rows
+    c = run(_compose(*common, "seed=4"), tmp_path / "c")["results"].rows
     assert _stable(a) == _stable(b)
     assert [r["name"] for r in a] == [r["name"] for r in b]
     assert _stable(a) != _stable(c)
