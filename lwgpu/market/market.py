@@ -264,8 +264,24 @@ class Market:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
+    def add(self, model: Any, semantic_spec: Mapping[str, Any], rkme: Any, output: str = "predict") -> int:
+        """Pack ``model`` with its specs (see :func:`~lwgpu.market.package.pack_learnware`) and submit it."""
+        from .package import pack_learnware
+
+        tmp = Path(tempfile.mkdtemp(dir=self._staging, prefix="add."))
+        try:
+            try:
+                pack_learnware(model, semantic_spec, rkme, tmp / "pkg", output=output)
+            except ValueError as exc:
+                raise SubmissionError("semantic" if "semantic" in str(exc) else "package", str(exc)) from exc
+            return self.submit(tmp / "pkg")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def _commit_add(self, pkg: Path, digest: str, semantic: dict[str, Any], model_cfg: dict[str, Any],
                     spec_file: str) -> int:
+        from sqlalchemy.exc import IntegrityError
+
         final: Path | None = None
         try:
             with self.store.transaction() as s:
@@ -274,9 +290,11 @@ class Market:
                 if final.exists():  # left by a crash before the row existed; the db is the truth
                     shutil.rmtree(final)
                 os.replace(pkg, final)
-        except BaseException:
+        except BaseException as exc:
             if final is not None and final.exists():
                 shutil.rmtree(final, ignore_errors=True)
+            if isinstance(exc, IntegrityError):  # another process stored the same package meanwhile
+                raise SubmissionError("duplicate", "the same package was stored concurrently") from exc
             raise
         row = self.store.get(new_id)
         assert row is not None

@@ -112,6 +112,13 @@ def test_delete_and_gamma_refusal(packages, tmp_path, digits_data):
     other = type(u.rkme)(u.rkme.z, u.rkme.beta, gamma=0.3)
     with pytest.raises(ValueError, match="gamma"):
         m.search(other)
+    t = digits_data.tasks[6]
+    via_add = m.add(t.model, dict(t.semantic_spec, name="added in memory"), t.rkme)
+    np.testing.assert_array_equal(m.get(via_add).predict(t.X_test[:7]), t.model.predict(t.X_test[:7]))
+    with pytest.raises(SubmissionError) as info:
+        m.add(t.model, dict(t.semantic_spec, task_type="dance"), t.rkme)
+    assert info.value.check == "semantic"
+    check_consistent(m)
     for i in m.ids:
         m.delete(i)
     assert len(m) == 0 and m.bank(64) is None and m.search(u.rkme).single == []
