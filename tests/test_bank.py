@@ -124,3 +124,17 @@ def test_to_and_rows(rng):
     view = bank.rows(1, 4)
     assert view.ids.tolist() == [1, 2, 3] and view.z.data_ptr() == bank.z[1].data_ptr()
     assert bank.nbytes > bank.z.numel() * 4
+
+
+def test_self_terms_paths_agree(rng):
+    """The numba (CPU) and torch (any device) self-term paths agree with the reference in float64."""
+    from lwgpu.bank import self_terms
+
+    z = torch.as_tensor(rng.normal(size=(30, 7, 5)) * 2 + 10, dtype=torch.float32)
+    b = torch.as_tensor(rng.random((30, 7)), dtype=torch.float32)
+    b[3, 4:] = 0
+    ref_s = np.array([ref.inner(z[i].double().numpy(), b[i].double().numpy(), z[i].double().numpy(),
+                                b[i].double().numpy(), 0.3) for i in range(30)])
+    for backend in ("auto", "torch"):
+        assert np.allclose(self_terms(z, b, 0.3, backend=backend).numpy(), ref_s, rtol=1e-12, atol=0)
+    assert np.allclose(self_terms(z, b, 0.3, backend="torch", tile_elems=50).numpy(), ref_s, rtol=1e-12, atol=0)
