@@ -46,20 +46,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["fit_many", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
 
 #: Rounds of (z step, beta QP) when ``steps=None``.
-DEFAULT_STEPS = 30
+DEFAULT_STEPS = 10
 #: Rows per dataset used for the z-steps (all rows when n is smaller); the final beta uses all rows.
 DEFAULT_MAX_POINTS = 8192
 
 _OPTIONS = {
     "step_size": None,  # float: reference-style fixed-size gradient steps
     "max_points": DEFAULT_MAX_POINTS,
-    "kmeans_iters": 10,
-    "qp_iters": 30,  # per-round QP iterations (warm-started)
-    "final_qp_iters": 500,
+    "kmeans_iters": 5,
+    "kmeans_rounds": 10,  # blocks of D^2 sampling in the k-means++ seeding (None: classic)
+    "qp_iters": 300,  # per-round QP iterations (warm-started)
+    "final_qp_iters": 3000,
     "batch_memory": 2**28,  # bytes of kernel blocks per batch
     "chunk_rows": 65536,  # rows per tile in the full-data pass
     "progress": None,  # None: a bar when fitting >= 8 datasets
     "min_eta": 1.0 / 1024,
+    "max_eta": 2.0,
 }
 
 
@@ -155,7 +157,7 @@ def _optimise(batch: _Batch, steps: int, opts: dict[str, Any]) -> torch.Tensor:
             batch.Kzx = torch.where(a3, Kzx, batch.Kzx)
             batch.Kzz = torch.where(a3, Kzz, batch.Kzz)
             batch.m = torch.where(acc.unsqueeze(-1), m, batch.m)
-            eta = torch.where(acc, (eta * 1.5).clamp_max(1.0), eta * 0.5)
+            eta = torch.where(acc, (eta * 1.5).clamp_max(opts["max_eta"]), eta * 0.5)
             active &= eta >= opts["min_eta"]
         beta_new = _solve_beta(batch.Kzz, batch.m, beta, opts["qp_iters"])
         beta = torch.where(active.unsqueeze(-1), beta_new, beta) if step_size is None else beta_new
@@ -196,7 +198,7 @@ def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: 
     for b, s in enumerate(subs):
         Xs[b, : s.shape[0]] = s
         mask[b, : s.shape[0]] = True
-    seeds_z = kmeans_pp_init(Xs, mask, K, gens)  # data points spread out by D^2 sampling
+    seeds_z = kmeans_pp_init(Xs, mask, K, gens, rounds=opts["kmeans_rounds"])  # data points spread out by D^2 sampling
     z0 = lloyd(Xs, mask, seeds_z, iters=int(opts["kmeans_iters"])) if opts["kmeans_iters"] > 0 else seeds_z
     batch = _Batch(Xs, mask, z0, gamma)
     if opts["kmeans_iters"] > 0:

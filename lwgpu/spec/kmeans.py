@@ -31,52 +31,67 @@ def _check(X: torch.Tensor, mask: torch.Tensor | None, K: int) -> torch.Tensor:
     return mask
 
 
-def _uniforms(seeds: Sequence[int], K: int) -> torch.Tensor:
-    """(B, K) uniforms, row b from a generator seeded with seeds[b]."""
-    rows = [torch.rand(K, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
-    return torch.stack(rows)
-
-
 def _gather_rows(X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """X (B, n, d), idx (B,) -> (B, d)."""
     return X.gather(1, idx.view(-1, 1, 1).expand(-1, 1, X.shape[-1])).squeeze(1)
 
 
+def _uniforms_rows(seeds: Sequence[int], counts: Sequence[int], rounds: int, width: int) -> torch.Tensor:
+    """(B, rounds, width) uniforms in (0, 1); dataset b draws (rounds, counts[b]) from its own seed."""
+    out = torch.full((len(seeds), rounds, width), 0.5, dtype=torch.float64)
+    for b, (s, n) in enumerate(zip(seeds, counts)):
+        g = torch.Generator().manual_seed(int(s))
+        out[b, :, :n] = torch.rand(rounds, n, generator=g, dtype=torch.float64).clamp_min_(1e-300)
+    return out
+
+
 @torch.no_grad()
-def kmeans_pp_init(X: torch.Tensor, mask: torch.Tensor | None, K: int, seeds: Sequence[int]) -> torch.Tensor:
+def kmeans_pp_init(
+    X: torch.Tensor, mask: torch.Tensor | None, K: int, seeds: Sequence[int], rounds: int | None = None
+) -> torch.Tensor:
     """k-means++ seeding (D^2 sampling): X (B, n, d), mask (B, n) valid rows -> centres (B, K, d).
 
     ``seeds`` has one integer per dataset; the draws depend only on that seed and the dataset.
+    ``rounds=None`` (or >= K - 1) is classic k-means++, one centre per D^2 draw. A smaller number
+    draws the centres in that many blocks, each block sampled without replacement in proportion to
+    D^2 (Gumbel top-k, as in k-means||): far fewer sequential steps for nearly the same seeding.
     """
     mask = _check(X, mask, K)
     B, n, d = X.shape
     if len(seeds) != B:
         raise ValueError(f"need one seed per dataset: got {len(seeds)} seeds for {B} datasets")
-    u = _uniforms(seeds, K).to(X.device)
     counts = mask.sum(-1)
+    R = K - 1 if rounds is None else max(1, min(int(rounds), K - 1))
+    per = [0] + [len(a) for a in torch.arange(K - 1).tensor_split(R)] if K > 1 else [0]
+    u = _uniforms_rows(seeds, counts.tolist(), R + 1, n).to(X.device)
     mf = mask.to(X.dtype)
     x2 = (X * X).sum(-1)
-    C = torch.empty(B, K, d, dtype=X.dtype, device=X.device)
-    first = (u[:, 0] * counts).long().clamp_max(counts - 1)
-    # valid rows may not be a prefix: map the j-th valid row to its position
-    valid_pos = torch.cumsum(mask.long(), -1)
+    first = (u[:, 0, 0] * counts).long().clamp_max(counts - 1)
+    valid_pos = torch.cumsum(mask.long(), -1)  # the j-th valid row need not be row j
     first = torch.searchsorted(valid_pos, (first + 1).unsqueeze(-1)).squeeze(-1)
-    C[:, 0] = _gather_rows(X, first)
+    chosen = [_gather_rows(X, first).unsqueeze(1)]
 
-    def d2_to(c: torch.Tensor) -> torch.Tensor:  # c (B, d) -> (B, n)
-        return (x2 - 2.0 * (X @ c.unsqueeze(-1)).squeeze(-1) + (c * c).sum(-1, keepdim=True)).clamp_min_(0.0)
+    def d2_to(c: torch.Tensor) -> torch.Tensor:  # c (B, m, d) -> (B, n) distance to nearest of c
+        cross = torch.baddbmm((c * c).sum(-1).unsqueeze(1), X, c.transpose(1, 2), alpha=-2.0)
+        return (cross.amin(-1) + x2).clamp_min_(0.0)
 
-    D2 = d2_to(C[:, 0]) * mf
-    for k in range(1, K):
-        cs = torch.cumsum(D2.to(torch.float64), -1)
-        total = cs[:, -1:]
-        r = u[:, k : k + 1] * total
-        idx = torch.searchsorted(cs, r, right=True).squeeze(-1)
-        # all mass zero (duplicates): fall back to the first valid row
-        idx = torch.where(total.squeeze(-1) > 0, idx, first).clamp_max(n - 1)
-        C[:, k] = _gather_rows(X, idx)
-        D2 = torch.minimum(D2, d2_to(C[:, k]) * mf)
-    return C
+    if K == 1:
+        return chosen[0]
+    D2 = d2_to(chosen[0]) * mf
+    for r in range(1, R + 1):
+        m = per[r]
+        w = D2.to(torch.float64)
+        # Efraimidis-Spirakis / Gumbel top-k: largest log(u)/w is a weighted draw without replacement
+        keys = torch.where(w > 0, torch.log(u[:, r]) / w, torch.full_like(w, float("-inf")))
+        keys = torch.where(mask, keys, torch.full_like(w, -float("inf")))
+        # datasets with fewer positive-weight rows than m (duplicates) fall back to valid rows
+        keys = torch.where((w <= 0) & mask, torch.full_like(w, -1e300) + u[:, r], keys)
+        idx = keys.topk(m, dim=-1).indices  # (B, m)
+        c = X.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
+        chosen.append(c)
+        if r < R:
+            D2 = torch.minimum(D2, d2_to(c) * mf)
+    return torch.cat(chosen, 1)
 
 
 @torch.no_grad()
@@ -114,8 +129,9 @@ def lloyd(
 
 
 def kmeans(
-    X: torch.Tensor, mask: torch.Tensor | None, K: int, seeds: Sequence[int], iters: int = 10, tol: float = 1e-4
+    X: torch.Tensor, mask: torch.Tensor | None, K: int, seeds: Sequence[int], iters: int = 10, tol: float = 1e-4,
+    rounds: int | None = None,
 ) -> torch.Tensor:
-    """Seeded k-means++ then Lloyd: X (B, n, d), mask (B, n) -> centres (B, K, d)."""
-    C = kmeans_pp_init(X, mask, K, seeds)
+    """Seeded k-means++ (``rounds`` as in :func:`kmeans_pp_init`) then Lloyd: X (B, n, d) -> (B, K, d)."""
+    C = kmeans_pp_init(X, mask, K, seeds, rounds=rounds)
     return lloyd(X, mask, C, iters=iters, tol=tol) if iters > 0 else C
