@@ -39,13 +39,17 @@ def kernel_problem(rng, M, d=3, gamma=0.5):
     return gaussian_gram(z, z, gamma), rng.random(M)
 
 
+BACKENDS = ["torch", "numba"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("M", [2, 3, 5, 8])
-def test_small_qps_match_support_enumeration(rng, M):
+def test_small_qps_match_support_enumeration(rng, M, backend):
     B = 60
     probs = [kernel_problem(rng, M) for _ in range(B)]
     G = torch.tensor(np.stack([p[0] for p in probs]))
     c = torch.tensor(np.stack([p[1] for p in probs]))
-    x = solve_simplex_qp(G, c)
+    x = solve_simplex_qp(G, c, backend=backend)
     assert x.dtype == torch.float64
     assert (x >= 0).all() and torch.allclose(x.sum(-1), torch.ones(B, dtype=torch.float64), atol=1e-12)
     f = simplex_qp_objective(G, c, x).numpy()
@@ -54,13 +58,14 @@ def test_small_qps_match_support_enumeration(rng, M):
         assert f[b] <= f_ref + 1e-12
         np.testing.assert_allclose(x[b].numpy(), x_ref, atol=1e-8)
     # float32 agrees to float32 accuracy
-    x32 = solve_simplex_qp(G.float(), c.float())
+    x32 = solve_simplex_qp(G.float(), c.float(), backend=backend)
     assert x32.dtype == torch.float32
     f32 = simplex_qp_objective(G, c, x32.double()).numpy()
     assert np.all(f32 - f <= 1e-5)
 
 
-def test_general_psd_and_indefinite_free_directions_match_slsqp(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_general_psd_problems_match_slsqp(rng, backend):
     """Random PSD (rank-deficient too) problems of size 30 against scipy SLSQP in float64."""
     B, M = 6, 30
     Gs, cs = [], []
@@ -69,7 +74,7 @@ def test_general_psd_and_indefinite_free_directions_match_slsqp(rng):
         Gs.append(A @ A.T / M)
         cs.append(rng.normal(size=M))
     G, c = torch.tensor(np.stack(Gs)), torch.tensor(np.stack(cs))
-    x = solve_simplex_qp(G, c, iters=20000)
+    x = solve_simplex_qp(G, c, iters=20000, backend=backend)
     for b in range(B):
         res = minimize(lambda v: 0.5 * v @ Gs[b] @ v - cs[b] @ v, np.full(M, 1.0 / M),
                        jac=lambda v: Gs[b] @ v - cs[b], bounds=[(0, None)] * M,
@@ -81,7 +86,8 @@ def test_general_psd_and_indefinite_free_directions_match_slsqp(rng):
     assert float(frank_wolfe_gap(G, c, x).max()) < 1e-8
 
 
-def test_mask_forces_padded_entries_to_zero_and_matches_unpadded(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_forces_padded_entries_to_zero_and_matches_unpadded(rng, backend):
     sizes = [2, 4, 7, 3]
     M = max(sizes)
     G = torch.zeros(len(sizes), M, M, dtype=torch.float64)
@@ -96,11 +102,11 @@ def test_mask_forces_padded_entries_to_zero_and_matches_unpadded(rng):
         c[b, m:] = 100.0
         mask[b, :m] = True
         refs.append(exact_qp(Gb, cb)[1])
-    x = solve_simplex_qp(G, c, mask=mask)
+    x = solve_simplex_qp(G, c, mask=mask, backend=backend)
     for b, m in enumerate(sizes):
         assert torch.all(x[b, m:] == 0)
         np.testing.assert_allclose(x[b, :m].numpy(), refs[b], atol=1e-8)
-        alone = solve_simplex_qp(G[b, :m, :m], c[b, :m])
+        alone = solve_simplex_qp(G[b, :m, :m], c[b, :m], backend=backend)
         np.testing.assert_allclose(alone.numpy(), refs[b], atol=1e-8)
 
 
@@ -116,7 +122,8 @@ def test_projection_is_exact(rng):
         np.testing.assert_allclose(p[b].numpy(), res.x, atol=1e-6)
 
 
-def test_big_batch_of_rkme_weight_problems_and_warm_start(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_big_batch_of_rkme_weight_problems_and_warm_start(rng, backend):
     """K=40 beta problems from clustered points (ill-conditioned Gram) in a batch of 32."""
     B, K, d, gamma = 32, 40, 5, 0.1
     Gs, cs = [], []
@@ -126,10 +133,10 @@ def test_big_batch_of_rkme_weight_problems_and_warm_start(rng):
         Gs.append(gaussian_gram(z, z, gamma))
         cs.append(gaussian_gram(z, x, gamma).mean(1))
     G, c = torch.tensor(np.stack(Gs)), torch.tensor(np.stack(cs))
-    x = solve_simplex_qp(G, c, iters=5000)
+    x = solve_simplex_qp(G, c, iters=5000, backend=backend)
     gap = frank_wolfe_gap(G, c, x)
     assert float(gap.max()) < 1e-9
-    warm = solve_simplex_qp(G, c, x0=x, iters=50)
+    warm = solve_simplex_qp(G, c, x0=x, iters=50, backend=backend)
     assert torch.all(simplex_qp_objective(G, c, warm) <= simplex_qp_objective(G, c, x) + 1e-12)
 
 
@@ -141,3 +148,5 @@ def test_bad_inputs():
         solve_simplex_qp(G, torch.ones(1, 4))
     with pytest.raises(ValueError, match="valid"):
         solve_simplex_qp(G, torch.ones(1, 3), mask=torch.zeros(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="backend"):
+        solve_simplex_qp(G, torch.ones(1, 3), backend="fortran")
