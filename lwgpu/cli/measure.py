@@ -60,10 +60,10 @@ def measure_search(cfg: DictConfig, built: Built, results: Results, tags: dict[s
 def measure_mixture(cfg: DictConfig, built: Built, results: Results, tags: dict[str, Any]) -> None:
     """Mixture search for every user: precision/recall of members against the true tasks, and latency.
 
-    Uses the market's statistical search (``lwgpu.search.statistical.statistical_search``); a user whose
+    Uses the market's statistical search (``lwgpu.search.statistical_search``); a user whose
     best answer is a single learnware counts as the one-member mixture of its top-1.
     """
-    from ..search.statistical import statistical_search
+    from ..search import statistical_search
 
     opts = {k: v for k, v in cfg.search.mixture.items() if k not in ("enabled", "min_weight")}
     pred_ids, pred_w, times = [], [], []

@@ -33,7 +33,8 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_group_option_composes_and_instantiates(group, option):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"{group}={option}"])
+        extra = [] if group == "debug" else ["debug=default"]  # tiny sizes: instantiating builds markets
+        cfg = compose(config_name="config", overrides=[f"{group}={option}"] + extra)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg[group] is not None if group != "debug" else cfg.debug_mode
     found = 0
