@@ -88,7 +88,9 @@ def cross_matrix(
     # torch makes (query points x bank points) blocks: cap the query rows so a block holds >= 16 specs
     qstep = len(qbank) or 1
     if name == "torch":
-        cap = int(options.get("max_block_elems", 1 << 22))
+        if "max_block_elems" not in options:  # keep the kernel block below the bank's own size
+            options = dict(options, max_block_elems=int(min(1 << 22, max(1 << 16, bank.nbytes // 8))))
+        cap = int(options["max_block_elems"])
         qstep = max(1, cap // max(1, 16 * qbank.K * max(bank.K, 1)))
     for s in range(start, stop, tile):
         e = min(s + tile, stop)

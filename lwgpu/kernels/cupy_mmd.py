@@ -61,11 +61,11 @@ def launch_plan(kq: int, k: int, d: int, accumulate: str) -> dict[str, int]:
 
 
 def prepare_queries(qz: torch.Tensor, qb: torch.Tensor, gamma: float, ds: int):
-    """Centred, scaled query arrays for the kernel: (qp (Q,Kq,ds), qn (Q,Kq), qw (Q,Kq), center (d,))."""
+    """Kernel inputs: (qp (Q,Kq,ds), qn (Q,Kq), qw (Q,Kq), center (Q,d)), each query about its own centre."""
     q, kq, d = qz.shape
-    real = (qb != 0).reshape(-1, 1).to(qz.dtype)  # centre on real query points (MMD is shift invariant)
-    center = (qz.reshape(-1, d) * real).sum(0) / real.sum().clamp_min(1.0)
-    qc = (qz - center).to(torch.float32)
+    real = (qb != 0).to(qz.dtype)  # centre on real query points (MMD is shift invariant)
+    center = torch.einsum("qi,qid->qd", real, qz) / real.sum(1).clamp_min(1.0)[:, None]
+    qc = (qz - center[:, None, :]).to(torch.float32)
     g2 = float(gamma) * LOG2E  # the kernel works in base 2: exp(x) = 2^(x log2 e)
     qp = torch.zeros(q, kq, ds, dtype=torch.float32, device=qz.device)
     qp[:, :, :d] = qc * (2.0 * g2)
@@ -100,7 +100,7 @@ def cross_terms(
             q1 = min(q0 + MAX_GRID_Y, q)
             args = (
                 cupy.asarray(qp[q0:q1]), cupy.asarray(qn[q0:q1]), cupy.asarray(qw[q0:q1]),
-                cupy.asarray(bz_d), cupy.asarray(bb_d), cupy.asarray(center),
+                cupy.asarray(bz_d), cupy.asarray(bb_d), cupy.asarray(center[q0:q1]),
                 np.int32(q1 - q0), np.int32(kq), np.int32(d), np.int32(t), np.int32(k),
                 np.int32(plan["spb"]), np.int32(plan["qtile"]), g2, cupy.asarray(out[q0:q1]),
             )

@@ -1,9 +1,9 @@
 """Numba CPU kernel for the cross terms ``<Q_q, B_n>`` between query specs and a bank tile.
 
-Parallel over chunks of ~300 bank points (``prange``; a chunk is a few whole specs). A chunk's points
-are shifted by the query centre (MMD is shift invariant; this keeps the float32 expansion
-``|a-b|^2 = |a|^2 + |b|^2 - 2 a.b`` accurate) and transposed to a (d, P) buffer with their squared norms,
-once for all queries. Then, four query points at a time (each bank-point load feeds four FMAs), the
+Parallel over chunks of ~300 bank points (``prange``; a chunk is a few whole specs). For each query, a
+chunk's points are shifted by that query's centre (MMD is shift invariant; this keeps the float32
+expansion ``|a-b|^2 = |a|^2 + |b|^2 - 2 a.b`` accurate, at 1/Kq of the work) and transposed to a (d, P)
+buffer with their squared norms. Then, four query points at a time (each bank-point load feeds four FMAs), the
 exponents ``2 gamma a.b - gamma |a|^2 - gamma |b|^2`` are accumulated over the d dimensions in vectors
 running over contiguous bank points, exponentiated by a branch-free float32 ``exp`` (Cody-Waite split +
 degree-7 polynomial, exponent set through an int32 view; relative error ~2e-7; vectorises, unlike
@@ -61,9 +61,9 @@ if numba is not None:
         """out[q, n] = sum_i qw[q,i] sum_j bb[n,j] exp(qp[q,i].zc[n,j] - qn[q,i] - gamma |zc[n,j]|^2).
 
         qp (Q, Kq4, dp): centred query points times 2 gamma, Kq4 and dp multiples of 4 (zero padded);
-        qn (Q, Kq4): gamma |centred point|^2; qw (Q, Kq4) weights (0 on padding); center (d,);
+        qn (Q, Kq4): gamma |centred point|^2; qw (Q, Kq4) weights (0 on padding); center (Q, d) per query;
         bz (T, K, d), bb (T, K), bcnt (T,) points per bank spec; ch: bank specs per work item;
-        out (Q, T) float64. zc = bz - center.
+        out (Q, T) float64. zc = bz - center[q].
         """
         t_n, k_max, d = bz.shape
         n_q, kq, dp = qp.shape
@@ -89,17 +89,20 @@ if numba is not None:
                 o = seg[n - n0]
                 for j in range(bcnt[n]):
                     w[o + j] = bb[n, j]
-                    s = np.float32(0.0)
-                    for c in range(d):
-                        v = bz[n, j, c] - center[c]
-                        zt[c, o + j] = v
-                        s += v * v
-                    bn[o + j] = g * s
             a0 = acc[0]
             a1 = acc[1]
             a2 = acc[2]
             a3 = acc[3]
             for q in range(n_q):
+                for n in range(n0, n1):  # the chunk's points, centred on this query (cost 1/Kq of the FMAs)
+                    o = seg[n - n0]
+                    for j in range(bcnt[n]):
+                        s = np.float32(0.0)
+                        for c in range(d):
+                            v = bz[n, j, c] - center[q, c]
+                            zt[c, o + j] = v
+                            s += v * v
+                        bn[o + j] = g * s
                 for p in range(P):
                     E[p] = 0.0
                 for i in range(0, kq, 4):  # four query points at a time share every bank-point load
@@ -222,12 +225,11 @@ def cross_terms(qz, qb, bz, bb, gamma: float, **_: object) -> torch.Tensor:
     if q == 0 or bz_np.shape[0] == 0:
         return torch.from_numpy(out)
     g = np.float32(gamma)
-    real = qb_np.reshape(-1) != 0  # centre on the real query points (MMD is shift invariant)
-    pts = qz_np.reshape(-1, d).astype(np.float64)
-    center = pts[real].mean(0) if real.any() else np.zeros(d)
+    real = (qb_np != 0).astype(np.float64)  # centre each query on its real points (MMD is shift invariant)
+    center = np.einsum("qi,qid->qd", real, qz_np.astype(np.float64)) / np.maximum(real.sum(1), 1.0)[:, None]
     kq4, dp = -(-kq // 4) * 4, -(-d // 4) * 4  # pad query points and dims to multiples of 4 with zeros
     qc = np.zeros((q, kq4, dp))
-    qc[:, :kq, :d] = qz_np - center
+    qc[:, :kq, :d] = qz_np - center[:, None, :]
     qn = (g * (qc * qc).sum(-1)).astype(np.float32)
     qp = (qc * (2.0 * float(gamma))).astype(np.float32)
     qw = np.zeros((q, kq4), np.float32)

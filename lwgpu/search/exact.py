@@ -3,6 +3,11 @@
 The bank is scanned in chunks; each chunk's (Q, chunk) distances are merged into a running top-k,
 so memory stays O(Q * (k + chunk)) whatever N is (a memory-mapped bank is read once, tile by tile).
 Ties (equal distances) are broken by the smaller id, so results are deterministic.
+
+With ``pivots=Pivots(bank)`` the scan is pruned without approximation: ``sqrt(dist)`` is a metric, so
+``|sqrt d(q,p) - sqrt d(x,p)|`` bounds ``sqrt d(q,x)`` from below for every pivot p; specs are visited in
+order of that bound and the scan stops once the k-th best distance is below the next bound (minus a
+slack covering float32 rounding of the distances).
 """
 from __future__ import annotations
 
@@ -40,6 +45,92 @@ def merge_topk(d: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return np.take_along_axis(dsel, order, 1), np.take_along_axis(isel, order, 1)
 
 
+class Pivots:
+    """Pivot specs and their sqrt-MMD to every bank spec, for exact pruning in :func:`search_exact`.
+
+    Pivots are chosen farthest-first (the first at random with ``seed``); building costs ``m`` full scans.
+    The table is tied to the bank's ids when built: after ``add``/``remove``, build it again.
+
+    Attributes: ``ids`` (N,) the bank ids it was built for, ``pivots`` (SpecBank of m specs),
+    ``table`` float64 (N, m) ``sqrt(dist(spec_n, pivot_p))``, ``slack`` (float) rounding allowance.
+    """
+
+    def __init__(self, bank: SpecBank, m: int = 16, seed: int = 0, backend: str = "auto", device: Any = "auto",
+                 rel_tol: float = 1e-5) -> None:
+        from ..kernels import mmd2
+
+        if len(bank) == 0:
+            raise ValueError("cannot build pivots for an empty bank")
+        if m < 1:
+            raise ValueError(f"m (number of pivots) must be >= 1, got {m}")
+        m = min(int(m), len(bank))
+        chosen = [int(np.random.default_rng(seed).integers(len(bank)))]
+        cols, nearest = [], np.full(len(bank), np.inf)
+        for t in range(m):
+            p = chosen[-1]
+            dist = mmd2(bank.rows(p, p + 1), bank, backend=backend, device=device)[0].cpu().numpy()
+            cols.append(np.sqrt(dist))
+            nearest = np.minimum(nearest, dist)
+            if t + 1 < m:
+                chosen.append(int(np.argmax(nearest)))
+        self.ids = bank.ids.copy()
+        self.pivots = bank.subset(bank.ids[chosen])
+        self.table = np.stack(cols, 1)
+        # |dist error| <= rel_tol * (terms) <= rel_tol * 4 max self term; |sqrt a - sqrt b| <= sqrt|a - b|,
+        # and the bound compares three such rounded square roots
+        self.slack = 3.0 * float(np.sqrt(rel_tol * 4.0 * float(bank.self_inner.max())))
+
+    def check(self, bank: SpecBank) -> None:
+        if len(bank) != len(self.ids) or not np.array_equal(bank.ids, self.ids):
+            raise ValueError("these pivots were built for another state of the bank (ids differ); "
+                             "rebuild them with Pivots(bank) after add/remove")
+
+    def lower_bounds(self, dq: np.ndarray) -> np.ndarray:
+        """(N,) lower bounds on sqrt(dist(q, spec_n)) given dq (m,) = sqrt(dist(q, pivot_p))."""
+        lb = np.abs(self.table[:, 0] - dq[0])
+        for p in range(1, self.table.shape[1]):
+            np.maximum(lb, np.abs(self.table[:, p] - dq[p]), out=lb)
+        return np.maximum(lb - self.slack, 0.0, out=lb)
+
+
+def _gather(bank: SpecBank, pos: np.ndarray) -> SpecBank:
+    idx = torch.as_tensor(pos, device=bank.device)
+    out = SpecBank(bank.gamma, bank.d, bank.K, dtype=bank.dtype, device=bank.device)
+    out._set_arrays(bank.ids[pos], bank.z.index_select(0, idx), bank.beta.index_select(0, idx),
+                    bank.counts[pos], bank.self_inner.index_select(0, idx))
+    return out
+
+
+def _search_pruned(bank, qbank, k, pivots, backend, device, chunk, options):
+    from ..kernels import mmd2
+
+    pivots.check(bank)
+    dq_all = np.sqrt(mmd2(qbank, pivots.pivots, backend=backend, device=device).cpu().numpy())
+    n = len(bank)
+    out_d, out_i, visited = [], [], 0
+    for qi in range(len(qbank)):
+        lb = pivots.lower_bounds(dq_all[qi])
+        order = np.argsort(lb, kind="stable")
+        q1 = qbank.rows(qi, qi + 1)
+        best_d, best_i = np.empty((1, 0)), np.empty((1, 0), np.int64)
+        pos, step = 0, max(4 * k, 256)
+        while pos < n:
+            cand = np.sort(order[pos : pos + step])
+            sub = _gather(bank, cand)
+            dist = mmd2(q1, sub, backend=backend, device=device, **options).cpu().numpy()
+            best_d, best_i = merge_topk(np.concatenate([best_d, dist], 1),
+                                        np.concatenate([best_i, sub.ids[None, :]], 1), k)
+            pos += len(cand)
+            step = min(2 * step, chunk)
+            if best_d.shape[1] == min(k, n) and pos < n and np.sqrt(best_d[0, -1]) < lb[order[pos]]:
+                break
+        visited += pos
+        out_d.append(best_d[0])
+        out_i.append(best_i[0])
+    logger.debug("pruned search visited %.1f%% of the bank", 100.0 * visited / max(1, n * len(qbank)))
+    return np.stack(out_d), np.stack(out_i)
+
+
 def search_exact(
     bank: SpecBank,
     query: Any,
@@ -47,6 +138,7 @@ def search_exact(
     backend: str = "auto",
     device: Any = "auto",
     chunk: int = 65536,
+    pivots: Pivots | None = None,
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest bank specs to each query by squared MMD.
@@ -63,6 +155,8 @@ def search_exact(
         As in :func:`lwgpu.kernels.mmd2`.
     chunk : int
         Bank specs scanned between top-k merges.
+    pivots : Pivots, optional
+        A pivot table of this bank: visit specs by their metric lower bound and stop early (exact).
 
     Returns
     -------
@@ -82,6 +176,8 @@ def search_exact(
         logger.warning("search_exact on an empty bank: returning (Q, 0) results")
         return best_d, best_i
     dev = resolve_device(device)
+    if pivots is not None:
+        return _search_pruned(bank, qbank, k, pivots, backend, dev, int(chunk), options)
     sq = qbank.self_inner.to(dev)
     for s in range(0, n, max(1, int(chunk))):
         e = min(s + int(chunk), n)

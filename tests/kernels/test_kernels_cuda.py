@@ -48,9 +48,9 @@ def test_launch_plan_fits_shared_memory(kq, k, d, acc):
 def emulate_kernel(qp, qn, qw, bz, bb, center, gamma, d):
     """What mmd.cu computes from the prepared arrays, in float64 numpy (base-2 exponent as in the kernel)."""
     g2 = gamma * cupy_mmd.LOG2E
-    zc = bz.astype(np.float64) - center.astype(np.float64)  # (T, K, d)
-    bn = g2 * (zc * zc).sum(-1)  # (T, K)
-    e = np.einsum("qid,tjd->qitj", qp[:, :, :d].astype(np.float64), zc) - qn[:, :, None, None] - bn[None, None]
+    zc = bz[None].astype(np.float64) - center[:, None, None, :].astype(np.float64)  # (Q, T, K, d)
+    bn = g2 * (zc * zc).sum(-1)  # (Q, T, K)
+    e = np.einsum("qid,qtjd->qitj", qp[:, :, :d].astype(np.float64), zc) - qn[:, :, None, None] - bn[:, None]
     k = np.exp2(np.minimum(e, 0.0))
     return np.einsum("qi,qitj,tj->qt", qw.astype(np.float64), k, bb.astype(np.float64))
 
@@ -59,6 +59,7 @@ def emulate_kernel(qp, qn, qw, bz, bb, center, gamma, d):
 def test_host_preparation_matches_reference(rng, d):
     bank, _ = ragged_bank(rng, 9, 6, d, scale=0.4, shift=5.0)
     q, _ = ragged_bank(rng, 3, 5, d, scale=0.4, shift=5.0)
+    q.z[1] += 3.0  # queries far apart: each is centred on itself
     plan = cupy_mmd.launch_plan(q.K, bank.K, d, "float32")
     qp, qn, qw, center = (t.numpy() for t in cupy_mmd.prepare_queries(q.z, q.beta, bank.gamma, plan["ds"]))
     assert qp.shape == (3, q.K, plan["ds"]) and np.all(qp[:, :, d:] == 0)

@@ -74,3 +74,36 @@ def test_mmap_bank_search(tmp_path, rng):
     a = search_exact(bank, q, k=7, device="cpu")
     b = search_exact(back, q, k=7, device="cpu", chunk=13, tile=5)
     assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0], atol=1e-12)
+
+
+def clustered_bank(rng, n_clusters, per, d, kmax=6):
+    specs = []
+    for c in range(n_clusters):
+        center = rng.normal(size=d) * 3
+        for _ in range(per):
+            z, b = random_spec_arrays(rng, int(rng.integers(2, kmax + 1)), d, 0.5)
+            specs.append(RKME(z + center, b, 0.1))
+    return SpecBank.from_specs(specs), specs
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (["numba"] if numba_available() else []))
+def test_pivot_pruning_is_exact(rng, backend):
+    from lwgpu.search import Pivots
+
+    bank, specs = clustered_bank(rng, 12, 40, 3)
+    bank = bank.subset(rng.permutation(bank.ids))
+    piv = Pivots(bank, m=6, seed=1, backend=backend, device="cpu")
+    assert piv.table.shape == (len(bank), 6) and piv.slack > 0
+    queries = [RKME(s.z.numpy() + 0.1, s.beta.numpy(), 0.1) for s in specs[::97]]
+    full = search_exact(bank, queries, k=5, backend=backend, device="cpu")
+    pruned = search_exact(bank, queries, k=5, backend=backend, device="cpu", pivots=piv)
+    assert np.array_equal(full[1], pruned[1]) and np.allclose(full[0], pruned[0], atol=1e-6)
+    # the bound really is a lower bound on sqrt(dist) for every spec
+    from lwgpu.kernels import mmd2
+    qb = SpecBank.from_specs(queries[:1])
+    exact = np.sqrt(mmd2(qb, bank, backend=backend, device="cpu")[0].numpy())
+    dq = np.sqrt(mmd2(qb, piv.pivots, backend=backend, device="cpu")[0].numpy())
+    assert np.all(piv.lower_bounds(dq) <= exact + 1e-12)
+    bank.remove(bank.ids[:1])
+    with pytest.raises(ValueError, match="rebuild"):
+        search_exact(bank, queries, k=5, pivots=piv)

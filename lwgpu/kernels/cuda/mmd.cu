@@ -3,7 +3,7 @@
 //   out[q, n] = sum_i qw[q,i] sum_j bb[n,j] exp(-gamma |a_qi - b_nj|^2)
 //
 // One block per (query q, group of `spb` consecutive bank specs). The query's points (pre-centred,
-// pre-scaled) sit in shared memory; each thread owns one bank point (its centred coordinates in
+// pre-scaled about the query's own centre) sit in shared memory; each thread owns one bank point (its centred coordinates in
 // registers when d <= DR), loops over the query points and accumulates
 // s = sum_i qw_i * 2^(log2e * (2 gamma a.b - gamma |a|^2 - gamma |b|^2)) in float (Acc = float) or
 // double (Acc = double). The bank weights and the per-spec sum are applied through shared memory, so no
@@ -14,7 +14,7 @@
 //   qn  (Q, Kq)      float32: gamma log2e |a - center|^2
 //   qw  (Q, Kq)      float32: query weights (0 on padding points)
 //   bz  (T, K, d)    float32: bank points (raw); bb (T, K) float32 weights (0 on padding)
-//   center (d,)      float32; g2 = gamma * log2e
+//   center (Q, d)    float32: each query's centre (its points' mean); g2 = gamma * log2e
 // Entry points (extern "C", no name mangling): mmd_cross_<acc>_<dr>, acc in {f32, f64}, dr in {d16, d32,
 // d64, dgen} (d64 may use up to 255 registers: one block per SM, no spills). Dynamic shared memory: (qtile * ds + 2 * qtile) floats (+ alignment) + spb * K * sizeof(Acc).
 
@@ -49,9 +49,10 @@ __device__ __forceinline__ void mmd_cross_impl(
     const int P = nspec * K;
     const bool single_tile = Kq <= qtile;
     const float* qp_q = qp + (size_t)q * Kq * ds;
+    const float* cq = center + (size_t)q * d;
 
     if (DR == 0) {
-        for (int c = threadIdx.x; c < d; c += blockDim.x) sc[c] = center[c];
+        for (int c = threadIdx.x; c < d; c += blockDim.x) sc[c] = cq[c];
     }
     if (single_tile) {
         for (int idx = threadIdx.x; idx < Kq * ds; idx += blockDim.x) sq[idx] = qp_q[idx];
@@ -71,7 +72,7 @@ __device__ __forceinline__ void mmd_cross_impl(
         if (DR > 0) {
 #pragma unroll
             for (int c = 0; c < (DR > 0 ? DR : 1); ++c) {
-                float v = (active && c < d) ? __ldg(bp + c) - __ldg(center + c) : 0.f;
+                float v = (active && c < d) ? __ldg(bp + c) - __ldg(cq + c) : 0.f;
                 b[c] = v;
                 bn = fmaf(v, v, bn);
             }
