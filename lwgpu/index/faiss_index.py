@@ -83,6 +83,9 @@ class SpecIndex:
         and the device is CUDA.
     seed : int
         Seeds the embedder, the IVF training sample and k-means.
+    embeddings : np.ndarray (N, D) float32, optional
+        ``embedder.embed_specs`` of the bank's rows, already computed (needs a ready ``embedder``):
+        several indexes over one bank then share one embedding pass.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class SpecIndex:
         seed: int = 0,
         embedder: str | SpecEmbedder | None = None,
         probe: int | None = None,
+        *,
+        embeddings: np.ndarray | None = None,
     ) -> None:
         self.bank = bank
         self.factory = str(factory)
@@ -114,8 +119,10 @@ class SpecIndex:
         self._gpu_res: Any = None
         self._tomb: set[int] = set()
         self.built_factory: str | None = None
+        if embeddings is not None and (self.embedder is None or np.shape(embeddings) != (len(bank), self.D)):
+            raise ValueError(f"embeddings must be ({len(bank)}, D) from a given SpecEmbedder; got {np.shape(embeddings)}")
         if len(bank):
-            self.rebuild()
+            self.rebuild(embeddings)
         else:
             logger.info("SpecIndex: the bank is empty; the index is built at the first add")
 
@@ -144,13 +151,16 @@ class SpecIndex:
             z, beta = z.index_select(0, idx), beta.index_select(0, idx)
         return self.embedder.embed_specs(z, beta, device=self.device)
 
-    def rebuild(self) -> None:
-        """(Re)build from the bank's current specs: embedder (if not given), training, all entries."""
+    def rebuild(self, embeddings: np.ndarray | None = None) -> None:
+        """(Re)build from the bank's current specs: embedder (if not given), training, all entries.
+
+        ``embeddings`` (N, D): the bank rows' embeddings by this index's embedder, if already computed.
+        """
         faiss = _faiss()
         n = len(self.bank)
         if self.embedder is None:
             self.embedder = make_embedder(self._kind, self.bank.d, self._D, self.bank.gamma, seed=self.seed, bank=self.bank)
-        emb = self._embed_rows()
+        emb = self._embed_rows() if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32)
         self.built_factory = effective_factory(self.factory, n)
         index = faiss.index_factory(self.D, "IDMap2," + self.built_factory)
         if not index.is_trained:
@@ -263,6 +273,7 @@ class SpecIndex:
         out = np.full((nq, nc), np.inf)
         step = max(1, RERANK_TILE // max(1, kq * nc * kb))
         bz, bb, bs = self.bank.z, self.bank.beta, self.bank.self_inner
+        gamma = float(self.bank.gamma)
         with torch.no_grad():
             for s in range(0, nq, step):
                 p = pos[s : s + step]
@@ -275,7 +286,11 @@ class SpecIndex:
                 qw = qb.beta[s : s + step].to(dev, torch.float32)
                 real = (qw != 0).to(torch.float32).unsqueeze(-1)  # centre on real points (MMD is shift invariant)
                 centre = (qz * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1.0)
-                kmat = gaussian_kernel(qz - centre, zc - centre, self.bank.gamma)  # (q, Kq, C*K)
+                qz = qz - centre
+                zc = zc.sub_(centre)  # index_select made a fresh copy
+                # exponent -gamma (|a|^2 + |b|^2 - 2 a.b) from one batched GEMM, clamped at 0, exp in place
+                base = (qz * qz).sum(-1, keepdim=True) + (zc * zc).sum(-1).unsqueeze(1)  # (q, Kq, C*K)
+                kmat = base.baddbmm_(qz, zc.transpose(1, 2), beta=-gamma, alpha=2.0 * gamma).clamp_max_(0.0).exp_()
                 cross = torch.bmm(qw.unsqueeze(1), kmat).reshape(len(p), nc, kb).mul_(bc).sum(-1)
                 sq = qb.self_inner[s : s + step].to(dev, torch.float64)
                 dist = (sq[:, None] - 2.0 * cross.double() + sc).clamp_min_(0.0)

@@ -86,6 +86,7 @@ def synthetic_spec_arrays(
     point_scale: float = 1.0,
     alpha: float = 1.0,
     seed: int = 0,
+    gamma: float = 0.1,
     chunk: int = 65536,
 ) -> dict[str, np.ndarray]:
     """A spec market as arrays: clusters of tasks, one spec per task, users drawn from one task.
@@ -95,12 +96,18 @@ def synthetic_spec_arrays(
     Dirichlet(``alpha``) weights. A user is a fresh spec drawn the same way from a random task,
     so its nearest market specs are that task and its neighbours in the cluster.
 
+    The scales are in units of ``sqrt(0.8 / (gamma d))`` (1 at gamma=0.1, d=8), so expected squared
+    distances times ``gamma`` -- hence kernel values and the market's neighbour structure -- do not
+    change with ``d`` or ``gamma``.
+
     Returns a dict with ``z`` (N, K, d) float32, ``beta`` (N, K) float32, ``centres`` (N, d),
     ``qz`` (Q, K, d), ``qbeta`` (Q, K) and ``qtask`` (Q,) int64 (the task each user came from).
     """
     if n_specs < 1 or K < 1 or d < 1:
         raise ValueError(f"n_specs, K and d must be >= 1; got {n_specs}, {K}, {d}")
     rng = np.random.default_rng(seed)
+    unit = float(np.sqrt(0.8 / (gamma * d)))
+    cluster_scale, task_scale, point_scale = cluster_scale * unit, task_scale * unit, point_scale * unit
     n_clusters = max(1, n_specs // 100) if n_clusters is None else int(n_clusters)
     cl = rng.standard_normal((n_clusters, d), dtype=np.float32) * cluster_scale
     which = rng.integers(0, n_clusters, size=n_specs)
@@ -129,7 +136,7 @@ def _draw_points(rng: np.random.Generator, centres: np.ndarray, K: int, scale: f
 
 # ---------------------------------------------------------------------- parameters
 #: Documented defaults (docs/index.md), measured on the synthetic market of :func:`synthetic_spec_arrays`.
-DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 512, "candidates": 200, "nprobe": 64, "ef_search": 256}
+DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 512, "candidates": 100, "nprobe": 64, "ef_search": 256}
 
 
 def default_params(n: int, factory: str = "IVF1024,Flat") -> dict[str, Any]:
