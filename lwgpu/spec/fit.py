@@ -29,6 +29,7 @@ one dataset at a time (up to floating-point rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Sequence
 
@@ -62,7 +63,22 @@ _OPTIONS = {
     "progress": None,  # None: a bar when fitting >= 8 datasets
     "min_eta": 1.0 / 1024,
     "max_eta": 2.0,
+    "small_work": 1 << 24,  # CPU batches with fewer kernel-block entries x d run on one torch thread
 }
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int | None):
+    """Temporarily cap torch's CPU threads (small fits are overhead-bound: threads only add syncs)."""
+    old = torch.get_num_threads()
+    if n is None or n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def effective_K(K: int, n: int) -> int:
@@ -259,7 +275,9 @@ def fit_many(
     **options
         ``step_size`` (reference scheme: fixed-size exact-gradient steps), ``max_points`` (rows per
         dataset for the z-steps, default 8192), ``kmeans_iters``, ``qp_iters``, ``final_qp_iters``,
-        ``batch_memory`` (bytes), ``chunk_rows``, ``progress`` (bool), ``min_eta``.
+        ``batch_memory`` (bytes), ``chunk_rows``, ``progress`` (bool), ``min_eta``, ``max_eta``,
+        ``small_work`` (CPU batches below this many kernel entries x (d + 8) run on one torch thread,
+        because at that size thread synchronisation costs more than it saves).
 
     Returns
     -------
@@ -320,7 +338,10 @@ def fit_many(
     results: list[Any] = [None] * len(datasets)
     with tqdm(total=len(datasets), desc="fit RKME", unit="spec", disable=not show) as bar:
         for Kg, idx in batches:
-            fitted = _fit_batch([xs[i] for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
+            work = sum(max(min(xs[i].shape[0], int(opts["max_points"])), Kg) * Kg * (xs[i].shape[1] + 8) for i in idx)
+            small = dev.type == "cpu" and work < opts["small_work"]
+            with _cpu_threads(1 if small else None):
+                fitted = _fit_batch([xs[i] for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
             for i, (z, beta) in zip(idx, fitted):
                 z = (z.to(torch.float64) + mus[i]).to(dt)
                 results[i] = RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev)
