@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +35,7 @@ from ..search.statistical import statistical_search
 from ..spec.semantic import validate_semantic_spec
 from .checks import SubmissionError, run_checks
 from .learnware import Learnware
+from .banks import BankSet
 from .locks import RWLock
 from .package import content_hash, unpack_into
 from .store import LearnwareRow, Store
@@ -43,20 +43,6 @@ from .store import LearnwareRow, Store
 logger = logging.getLogger(__name__)
 
 DEFAULT_GAMMA = 0.1
-
-
-def _swap_save(obj: Any, parent: Path, name: str) -> None:
-    """``obj.save`` into a temp folder, then swap it in for ``parent/name`` (never a half-written one)."""
-    parent.mkdir(exist_ok=True)
-    final = parent / name
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
-    obj.save(tmp)
-    old = parent / f".old.{name}"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class Market:
@@ -108,10 +94,7 @@ class Market:
         self.check_samples = int(check_samples)
         self.autosave_every = int(autosave_every)
         self._lock = RWLock()
-        self._index_lock = threading.Lock()
-        self._banks: dict[int, Any] = {}
-        self._indexes: dict[int, Any] = {}
-        self._index_dir = self.root / "indexes"
+        self._banks = BankSet(self._bank_dir, self.root / "indexes", self.gamma, self.device, self.index_threshold)
         self._semantic: dict[int, dict[str, Any]] = {}
         self._rows: dict[int, LearnwareRow] = {}
         self._learnwares: dict[int, Learnware] = {}
@@ -148,61 +131,20 @@ class Market:
 
     def _sync_banks(self, load: bool = False) -> None:
         """Load saved banks (if ``load``), then add/remove specs so each bank matches the rows."""
-        from ..bank import SpecBank
-
+        if load:
+            self._banks.load()
         want: dict[int, set[int]] = {}
         for i, r in self._rows.items():
             want.setdefault(int(r.input_dim), set()).add(i)
-        if load:
-            self._banks = {}
-            for p in self._bank_dir.iterdir():
-                if p.name.startswith(".") or not p.name.startswith("d"):
-                    shutil.rmtree(p, ignore_errors=True)
-                    continue
-                try:
-                    bank = SpecBank.load(p, mmap=False, device=self.device)
-                    if not math.isclose(bank.gamma, self.gamma, rel_tol=1e-9):
-                        raise ValueError(f"bank gamma {bank.gamma} != market gamma {self.gamma}")
-                    self._banks[bank.d] = bank
-                except (ValueError, OSError, KeyError) as exc:
-                    logger.warning("saved bank %s unusable (%s); rebuilding it from the spec files", p, exc)
-                    shutil.rmtree(p, ignore_errors=True)
-            self._index_dir.mkdir(exist_ok=True)
-            for p in self._index_dir.iterdir():
-                if p.name.startswith("."):
-                    shutil.rmtree(p, ignore_errors=True)
-        changed = False
-        for d in set(self._banks) | set(want):
-            bank = self._banks.get(d)
-            have = set(bank.ids.tolist()) if bank is not None else set()
-            target = want.get(d, set())
-            extra, missing = sorted(have - target), sorted(target - have)
-            if not extra and not missing:
-                continue
-            changed = True
-            logger.info("bank d=%d: removing %d, adding %d specs from the stored files", d, len(extra), len(missing))
-            if extra:
-                bank.remove(extra)
-            if missing:
-                specs = [Learnware(i, {}, self._lw_dir / str(i), {}, self._rows[i].spec_file).rkme for i in missing]
-                if bank is None:
-                    bank = SpecBank.from_specs(specs, ids=missing, device=self.device)
-                else:
-                    bank.add(specs, ids=missing)
-            self._banks[d] = bank
-        for d in [d for d, b in self._banks.items() if len(b) == 0]:
-            self._drop_bank(d)
-        if changed:
+
+        def load_spec(i: int) -> Any:
+            return Learnware(i, {}, self._lw_dir / str(i), {}, self._rows[i].spec_file).rkme
+
+        if self._banks.sync(want, load_spec):
             self._save_banks()
 
     def _save_banks(self) -> None:
-        for d, bank in self._banks.items():
-            _swap_save(bank, self._bank_dir, f"d{d}")
-        with self._index_lock:
-            for d, idx in self._indexes.items():
-                if idx.bank is self._banks.get(d):
-                    idx.sync()
-                    _swap_save(idx, self._index_dir, f"d{d}")
+        self._banks.save()
         self._dirty = 0
 
     def refresh(self) -> None:
@@ -303,21 +245,8 @@ class Market:
         return new_id
 
     def _after_add(self, new_id: int, rkme: Any) -> None:
-        from ..bank import SpecBank
-
-        d = rkme.d
-        bank = self._banks.get(d)
-        if bank is None:
-            self._banks[d] = SpecBank.from_specs([rkme], ids=[new_id], device=self.device)
-        else:
-            bank.add([rkme], ids=[new_id])
+        self._banks.add(new_id, rkme)
         self._count_change()
-
-    def _drop_bank(self, d: int) -> None:
-        self._banks.pop(d, None)
-        self._indexes.pop(d, None)
-        shutil.rmtree(self._bank_dir / f"d{d}", ignore_errors=True)
-        shutil.rmtree(self._index_dir / f"d{d}", ignore_errors=True)
 
     def _count_change(self) -> None:
         self._dirty += 1
@@ -344,11 +273,7 @@ class Market:
             d = int(self._rows.pop(id).input_dim)
             self._semantic.pop(id, None)
             self._learnwares.pop(id, None)
-            bank = self._banks[d]
-            if len(bank) == 1:
-                self._drop_bank(d)
-            else:
-                bank.remove([id])
+            self._banks.remove(id, d)
             shutil.rmtree(trash, ignore_errors=True)
             self._count_change()
 
@@ -389,30 +314,6 @@ class Market:
         """The SpecBank of the specs of input dimension ``d`` (None if there is none)."""
         return self._banks.get(int(d))
 
-    def _index_for(self, d: int, bank: Any) -> Any:
-        """The SpecIndex of bank ``d`` once it holds ``index_threshold`` specs: loaded, synced or built."""
-        if len(bank) < self.index_threshold:
-            return None
-        with self._index_lock:
-            idx = self._indexes.get(d)
-            if idx is not None and idx.bank is not bank:
-                idx = None
-            if idx is None:
-                try:
-                    from ..index import SpecIndex
-                except ImportError:
-                    return None
-                saved = self._index_dir / f"d{d}"
-                try:
-                    idx = SpecIndex.load(saved, bank, device=self.device) if saved.exists() else None
-                except (ValueError, OSError, KeyError) as exc:
-                    logger.warning("saved index %s unusable (%s); rebuilding", saved, exc)
-                if idx is None:
-                    idx = SpecIndex(bank, device=self.device)
-                self._indexes[d] = idx
-            idx.sync()  # the bank may have changed since (ids are never reused)
-            return idx
-
     def search(
         self,
         rkme: Any,
@@ -443,6 +344,6 @@ class Market:
             if semantic:
                 allowed = filter_semantic(semantic, self._semantic)
                 ids = np.asarray([i for i in allowed if int(self._rows[i].input_dim) == rkme.d], np.int64)
-            index = self._index_for(rkme.d, bank) if ids is None else None
+            index = self._banks.index_for(rkme.d) if ids is None else None
             return statistical_search(bank, rkme, k=k, ids=ids, mixture=mixture, max_mixture=max_mixture,
                                       method=method, index=index, device=self.device)
