@@ -42,7 +42,8 @@ def measure_reuse(cfg: DictConfig, results: Results, tags: dict[str, Any]) -> No
     market = instantiate(rc.market)
     results.add("reuse_market_build_time", time.perf_counter() - t0, "s", method="reuse", **tags)
     bank = SpecBank.from_specs(market.specs, ids=np.arange(len(market.tasks)))
-    users = market.users[: int(rc.n_users)]
+    pick = np.unique(np.linspace(0, len(market.users) - 1, min(int(rc.n_users), len(market.users))).round())
+    users = [market.users[int(i)] for i in pick]  # spread over single-task and mixture users
     if not users:
         raise ValueError("reuse.market produced no users; raise its n_tasks or n_mixture_users")
     labels = [int(k) for k in rc.labels]
