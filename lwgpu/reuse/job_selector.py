@@ -155,7 +155,10 @@ class JobSelector(Reuser):
             torch.set_num_threads(threads)
         H = np.concatenate(parts)
         lab = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
-        self.router_ = self._make_router().fit(H, lab)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            self.router_ = self._make_router().fit(H, lab)
         logger.debug("job selector trained on %d herded samples, counts %s", len(H), counts.tolist())
         return self
 
