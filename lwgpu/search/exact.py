@@ -52,7 +52,10 @@ class Pivots:
     The table is tied to the bank's ids when built: after ``add``/``remove``, build it again.
 
     Attributes: ``ids`` (N,) the bank ids it was built for, ``pivots`` (SpecBank of m specs),
-    ``table`` float64 (N, m) ``sqrt(dist(spec_n, pivot_p))``, ``slack`` (float) rounding allowance.
+    ``table`` float64 (N, m) ``sqrt(dist(spec_n, pivot_p))``, ``slack`` (float) rounding allowance,
+    ``last_visited``: fraction of the bank the last pruned search evaluated. When the bounds cannot
+    exclude half the bank after the first candidates (distances concentrate), that query falls back to
+    the plain scan.
     """
 
     def __init__(self, bank: SpecBank, m: int = 16, seed: int = 0, backend: str = "auto", device: Any = "auto",
@@ -79,6 +82,7 @@ class Pivots:
         # |dist error| <= rel_tol * (terms) <= rel_tol * 4 max self term; |sqrt a - sqrt b| <= sqrt|a - b|,
         # and the bound compares three such rounded square roots
         self.slack = 3.0 * float(np.sqrt(rel_tol * 4.0 * float(bank.self_inner.max())))
+        self.last_visited: float = float("nan")  # fraction of the bank the last pruned search evaluated
 
     def check(self, bank: SpecBank) -> None:
         if len(bank) != len(self.ids) or not np.array_equal(bank.ids, self.ids):
@@ -101,7 +105,7 @@ def _gather(bank: SpecBank, pos: np.ndarray) -> SpecBank:
     return out
 
 
-def _search_pruned(bank, qbank, k, pivots, backend, device, chunk, options):
+def _search_pruned(bank, qbank, k, pivots, backend, device, chunk, options, fallback: float = 0.5):
     from ..kernels import mmd2
 
     pivots.check(bank)
@@ -122,13 +126,45 @@ def _search_pruned(bank, qbank, k, pivots, backend, device, chunk, options):
                                         np.concatenate([best_i, sub.ids[None, :]], 1), k)
             pos += len(cand)
             step = min(2 * step, chunk)
-            if best_d.shape[1] == min(k, n) and pos < n and np.sqrt(best_d[0, -1]) < lb[order[pos]]:
-                break
+            if best_d.shape[1] == min(k, n) and pos < n:
+                kth = np.sqrt(best_d[0, -1])
+                if kth < lb[order[pos]]:
+                    break
+                if pos == len(cand) and np.count_nonzero(lb <= kth) > fallback * n:
+                    # the bounds cannot prune enough (distances concentrate): plain scan of the bank
+                    best_d, best_i = _scan(bank, q1, k, backend, device, chunk, options)
+                    pos = n
+                    break
         visited += pos
         out_d.append(best_d[0])
         out_i.append(best_i[0])
-    logger.debug("pruned search visited %.1f%% of the bank", 100.0 * visited / max(1, n * len(qbank)))
+    pivots.last_visited = visited / max(1, n * len(qbank))
+    logger.debug("pruned search visited %.1f%% of the bank", 100.0 * pivots.last_visited)
     return np.stack(out_d), np.stack(out_i)
+
+
+def _scan(bank, qbank, k, backend, dev, chunk, options) -> tuple[np.ndarray, np.ndarray]:
+    """Full tiled scan with a running top-k merge (the default search path)."""
+    n, q = len(bank), len(qbank)
+    best_d = np.empty((q, 0), np.float64)
+    best_i = np.empty((q, 0), np.int64)
+    sq = qbank.self_inner.to(dev)
+    for s in range(0, n, max(1, int(chunk))):
+        e = min(s + int(chunk), n)
+        cross = cross_matrix(qbank, bank, backend=backend, device=dev, start=s, stop=e, **options)
+        dist = cross.mul_(-2.0).add_(sq[:, None]).add_(bank.self_inner[s:e].to(dev)[None, :]).clamp_min_(0.0)
+        kk = min(k, e - s)
+        if dist.shape[1] > 4 * kk:  # pre-select on the device (k + a margin for ties), then merge exactly
+            vals, idx = torch.topk(dist, min(e - s, 2 * kk + 8), dim=1, largest=False, sorted=False)
+            kth = vals.max(1).values
+            if bool((dist <= kth[:, None]).sum(1).gt(vals.shape[1]).any()):  # ties beyond the margin
+                d_np, i_np = dist.cpu().numpy(), np.broadcast_to(bank.ids[s:e], (q, e - s))
+            else:
+                d_np, i_np = vals.cpu().numpy(), bank.ids[s:e][idx.cpu().numpy()]
+        else:
+            d_np, i_np = dist.cpu().numpy(), np.broadcast_to(bank.ids[s:e], (q, e - s))
+        best_d, best_i = merge_topk(np.concatenate([best_d, d_np], 1), np.concatenate([best_i, i_np], 1), k)
+    return best_d, best_i
 
 
 def search_exact(
@@ -178,20 +214,4 @@ def search_exact(
     dev = resolve_device(device)
     if pivots is not None:
         return _search_pruned(bank, qbank, k, pivots, backend, dev, int(chunk), options)
-    sq = qbank.self_inner.to(dev)
-    for s in range(0, n, max(1, int(chunk))):
-        e = min(s + int(chunk), n)
-        cross = cross_matrix(qbank, bank, backend=backend, device=dev, start=s, stop=e, **options)
-        dist = cross.mul_(-2.0).add_(sq[:, None]).add_(bank.self_inner[s:e].to(dev)[None, :]).clamp_min_(0.0)
-        kk = min(k, e - s)
-        if dist.shape[1] > 4 * kk:  # pre-select on the device (k + a margin for ties), then merge exactly
-            vals, idx = torch.topk(dist, min(e - s, 2 * kk + 8), dim=1, largest=False, sorted=False)
-            kth = vals.max(1).values
-            if bool((dist <= kth[:, None]).sum(1).gt(vals.shape[1]).any()):  # ties beyond the margin
-                d_np, i_np = dist.cpu().numpy(), np.broadcast_to(bank.ids[s:e], (q, e - s))
-            else:
-                d_np, i_np = vals.cpu().numpy(), bank.ids[s:e][idx.cpu().numpy()]
-        else:
-            d_np, i_np = dist.cpu().numpy(), np.broadcast_to(bank.ids[s:e], (q, e - s))
-        best_d, best_i = merge_topk(np.concatenate([best_d, d_np], 1), np.concatenate([best_i, i_np], 1), k)
-    return best_d, best_i
+    return _scan(bank, qbank, k, backend, dev, int(chunk), options)
