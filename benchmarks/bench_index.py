@@ -43,10 +43,10 @@ def _cpu_name() -> str:
 def settings_for(factory: str, n: int) -> list[dict]:
     """Search settings measured per layout (first one = the documented defaults)."""
     if factory.startswith("IVF"):
-        return [{"candidates": 200, "probe": p} for p in (64, 32, 128)]
+        return [{"candidates": 100, "probe": p} for p in (64, 16, 128)]
     if factory.startswith("HNSW"):
-        return [{"candidates": 200, "probe": p} for p in (256, 128, 512)]
-    return [{"candidates": c, "probe": None} for c in (200, 100, 400)]
+        return [{"candidates": 100, "probe": p} for p in (256, 128, 512)]
+    return [{"candidates": c, "probe": None} for c in (100, 50, 200)]
 
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict]:
@@ -97,6 +97,36 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def compare_embedders(args: argparse.Namespace) -> str:
+    """How many FAISS candidates (exact L2 over the embeddings) hold the exact top-10, per embedder and D.
+
+    Two markets of 10,000 specs: the benchmark's (spread: 100 clusters of tasks) and a compact one
+    (cluster/task/point scales 1, 0.5, 1: all points within a few kernel widths). Quantiles over the
+    queries of the rank (in embedding distance) of the worst-ranked exact top-10 spec.
+    """
+    from lwgpu.bank import SpecBank
+    from lwgpu.index import make_embedder, synthetic_spec_arrays
+    from lwgpu.kernels import mmd2
+
+    lines = ["", "## Embedders: candidates needed to hold the exact top-10 (N = 10,000, Q = 100)", "",
+             "| market | embedder | D | median | q90 | q99 | max |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, kw in (("spread", {}), ("compact", {"cluster_scale": 1.0, "task_scale": 0.5, "point_scale": 1.0})):
+        m = synthetic_spec_arrays(10_000, 100, K=args.K, d=args.d, seed=args.seed, **kw)
+        bank = SpecBank.from_arrays(m["z"], m["beta"], GAMMA)
+        queries = SpecBank.from_arrays(m["qz"], m["qbeta"], GAMMA)
+        top = torch.argsort(mmd2(queries, bank).double().cpu(), dim=1)[:, :10]
+        for kind in ("rff", "orf", "nystroem"):
+            for D in (128, 512):
+                emb = make_embedder(kind, args.d, D, GAMMA, seed=args.seed, bank=bank)
+                e = torch.from_numpy(emb.embed_specs(bank.z, bank.beta, device="cpu"))
+                eq = torch.from_numpy(emb.embed_specs(queries.z, queries.beta, device="cpu"))
+                rank = torch.cdist(eq, e).argsort(1).argsort(1).gather(1, top).max(1).values.numpy() + 1
+                q = np.quantile(rank, [0.5, 0.9, 0.99, 1.0])
+                lines.append(f"| {name} | {kind} | {D} | " + " | ".join(f"{v:.0f}" for v in q) + " |")
+                logging.info("%s", lines[-1])
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     import faiss
 
@@ -112,7 +142,7 @@ def write_markdown(rows: list[dict], args: argparse.Namespace, path: Path) -> No
         f"- Embedding: {args.embedder.upper()} features, D={args.D}; FAISS candidates re-ranked by the exact "
         "squared MMD; recall@10 against `lwgpu.search.search_exact` on the same bank (exact top-10 ids).",
         "- `probe` is IVF nprobe / HNSW efSearch. First row per layout = documented defaults "
-        "(candidates 200, nprobe 64, efSearch 256).",
+        "(candidates 100, nprobe 64, efSearch 256).",
         "",
         "| N | layout | candidates | probe | recall@10 | index q/s | exact q/s | speedup | embed s | build s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -140,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest N for the HNSW graph build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=str(RESULTS / "index.md"))
+    p.add_argument("--embedders", action="store_true", help="also compare rff/orf/nystroem (candidates needed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -148,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     faiss.omp_set_num_threads(2)
     if args.quick:
         args.sizes, args.queries = "10000", 50
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     args.command = "python -m benchmarks.bench_index " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     args.notes = ""
@@ -156,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         rows += run_size(n, args)
         gc.collect()
+    if args.embedders:
+        args.notes = compare_embedders(args)
     out = Path(args.out)
     write_markdown(rows, args, out)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

@@ -65,13 +65,8 @@ class SpecEmbedder:
             raise ValueError(f"points must have shape (n, {self.d}); got {tuple(xt.shape)}")
         return self._finish(self._features(xt))
 
-    def embed_specs(
-        self,
-        z: Any,
-        beta: Any,
-        device: str | torch.device | None = "auto",
-        chunk: int | None = None,
-    ) -> np.ndarray:
+    def embed_specs(self, z: Any, beta: Any, device: str | torch.device | None = "auto",
+                    chunk: int | None = None) -> np.ndarray:
         """``psi`` of N specs: z (N, K, d), beta (N, K) -> (N, D) float32 numpy.
 
         Tiled over the specs so that no (chunk, K, D) intermediate exceeds :data:`TILE_ELEMENTS`;
@@ -161,9 +156,7 @@ class RandomFourierFeatures(SpecEmbedder):
         ``[cos, sin]`` features (default) instead of ``cos(. + b)`` with random phases.
     """
 
-    def __init__(
-        self, d: int, D: int, gamma: float, seed: int = 0, orthogonal: bool = False, pair: bool = True
-    ) -> None:
+    def __init__(self, d: int, D: int, gamma: float, seed: int = 0, orthogonal: bool = False, pair: bool = True) -> None:
         if d < 1 or D < 1:
             raise ValueError(f"d and D must be positive; got d={d}, D={D}")
         if pair and D % 2:
@@ -308,10 +301,8 @@ class NystroemFeatures(SpecEmbedder):
         return cls.from_points_of_specs(z, beta, D, float(bank.gamma), seed=seed, method=method, sample=sample, iters=iters)
 
     @classmethod
-    def from_points_of_specs(
-        cls, z: Any, beta: Any, D: int, gamma: float, seed: int = 0, method: str = "kmeans",
-        sample: int = 200_000, iters: int = 10,
-    ) -> "NystroemFeatures":
+    def from_points_of_specs(cls, z: Any, beta: Any, D: int, gamma: float, seed: int = 0, method: str = "kmeans",
+                             sample: int = 200_000, iters: int = 10) -> "NystroemFeatures":
         """Landmarks from specs' points z (N, K, d), drawn with probability proportional to ``|beta|``."""
         n, k = int(z.shape[0]), int(z.shape[1])
         if n == 0:

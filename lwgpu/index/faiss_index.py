@@ -55,7 +55,6 @@ def effective_factory(factory: str, n: int) -> str:
             logger.info("SpecIndex: %d specs are too few for %d IVF lists; using %d", n, nlist, limit)
             return f"IVF{limit}"
         return m.group(0)
-
     return re.sub(r"IVF(\d+)", clip, factory)
 
 
@@ -136,8 +135,7 @@ class SpecIndex:
         """Live (not removed) entries."""
         return 0 if self._cpu is None else int(self._cpu.ntotal) - len(self._tomb)
 
-    def __len__(self) -> int:
-        return self.ntotal
+    __len__ = ntotal.fget  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (f"SpecIndex(N={self.ntotal}, factory={self.built_factory or self.factory!r}, D={self.D}, "
@@ -192,18 +190,17 @@ class SpecIndex:
         return self._gpu
 
     def _set_probe(self, index: Any, probe: int | None, n_cand: int) -> None:
-        faiss = _faiss()
-        name = self.built_factory or ""
-        space = faiss.GpuParameterSpace() if index is not self._cpu and hasattr(faiss, "GpuParameterSpace") else faiss.ParameterSpace()
+        faiss, name = _faiss(), self.built_factory or ""
+        gpu = index is not self._cpu and hasattr(faiss, "GpuParameterSpace")
+        space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
         if "IVF" in name:
             space.set_index_parameter(index, "nprobe", int(probe or DEFAULTS["nprobe"]))
         elif "HNSW" in name:
             space.set_index_parameter(index, "efSearch", max(int(probe or DEFAULTS["ef_search"]), n_cand))
 
     # ------------------------------------------------------------------ search
-    def search(
-        self, query: Any, k: int = 10, candidates: int | None = None, probe: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: Any, k: int = 10, candidates: int | None = None,
+               probe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k market specs by exact squared MMD among FAISS's candidates.
 
         Parameters
@@ -259,10 +256,8 @@ class SpecIndex:
 
     def _positions(self, cand: np.ndarray) -> np.ndarray:
         """Bank rows of candidate ids (Q, C); ``-1`` stays ``-1``. ValueError if an id left the bank."""
-        pos = np.full(cand.shape, -1, np.int64)
-        ok = cand >= 0
-        if ok.any():
-            pos[ok] = self.bank.positions(cand[ok])
+        pos, ok = np.full(cand.shape, -1, np.int64), cand >= 0
+        pos[ok] = self.bank.positions(cand[ok]) if ok.any() else pos[ok]
         return pos
 
     def _rerank(self, qb: Any, pos: np.ndarray) -> np.ndarray:
@@ -326,9 +321,7 @@ class SpecIndex:
 
     def indexed_ids(self) -> np.ndarray:
         """Sorted ids the index currently answers with."""
-        if self._cpu is None:
-            return np.empty(0, np.int64)
-        ids = _faiss().vector_to_array(self._cpu.id_map).astype(np.int64)
+        ids = np.empty(0, np.int64) if self._cpu is None else _faiss().vector_to_array(self._cpu.id_map).astype(np.int64)
         if self._tomb:
             ids = ids[~np.isin(ids, np.fromiter(self._tomb, np.int64))]
         return np.sort(ids)
