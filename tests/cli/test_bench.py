@@ -54,9 +54,9 @@ def test_same_seed_same_rows(tmp_path):
 
 
 def test_console_entry_point_writes_and_prints(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lwgpu.cli.bench", "debug=default", "search=single",
-                           "market=synthetic_spec_only", "index=none", f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=120)
+    cmd = [sys.executable, "-m", "lwgpu.cli.bench", "debug=default", "search=single", "market=synthetic_spec_only",
+           "index=none", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"results: {tmp_path / 'results.jsonl'}" in proc.stdout and "summary.png" in proc.stdout
     assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "results.csv").exists()
