@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from ..eval.reuse import reuse_vs_own
 from ..eval.search import mixture_precision_recall
 from ..tracking import Results
 
@@ -67,12 +68,13 @@ def measure_reuse(cfg: DictConfig, results: Results, tags: dict[str, Any]) -> No
     p, r = mixture_precision_recall(found_all, None, true_all)
     results.add("reuse_search_precision", p, "", method="search", **tags)
     results.add("reuse_search_recall", r, "", method="search", **tags)
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in reuse_vs_own(rows):
+        tag = dict(method=row["method"], n_labels=row["n_labels"], **tags)
+        results.add("reuse_error", row["error"], row["metric"], **tag)
+        if row["method"] != "own":
+            results.add("reuse_error_minus_own", row["gap"], row["metric"], **tag)
+    seconds: dict[tuple[str, int], list[float]] = {}
     for row in rows:
-        groups.setdefault((row["method"], int(row["n_labels"])), []).append(row)
-    for (method, k), grp in sorted(groups.items()):
-        unit = grp[0]["metric"]
-        results.add("reuse_error", float(np.mean([g["error"] for g in grp])), unit, method=method, n_labels=k,
-                    **tags)
-        results.add("reuse_seconds", float(np.mean([g["seconds"] for g in grp])), "s", method=method, n_labels=k,
-                    **tags)
+        seconds.setdefault((row["method"], int(row["n_labels"])), []).append(float(row["seconds"]))
+    for (method, k), secs in sorted(seconds.items()):
+        results.add("reuse_seconds", float(np.mean(secs)), "s", method=method, n_labels=k, **tags)

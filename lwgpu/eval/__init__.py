@@ -1,5 +1,6 @@
 """Metrics: search accuracy vs ground truth, recall@k vs exact, latency, fit residual, reuse error."""
 from .fit import fit_residuals, subsample_residuals
+from .reuse import reuse_vs_own
 from .search import mixture_precision_recall, recall_at_k, topk_accuracy
 from .timing import latency_stats, throughput, time_queries
 
@@ -8,6 +9,7 @@ __all__ = [
     "latency_stats",
     "mixture_precision_recall",
     "recall_at_k",
+    "reuse_vs_own",
     "subsample_residuals",
     "throughput",
     "time_queries",

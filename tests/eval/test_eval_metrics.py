@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lwgpu.eval import (fit_residuals, latency_stats, mixture_precision_recall, recall_at_k, subsample_residuals,
-                        throughput, time_queries, topk_accuracy)
+from lwgpu.eval import (fit_residuals, latency_stats, mixture_precision_recall, recall_at_k, reuse_vs_own,
+                        subsample_residuals, throughput, time_queries, topk_accuracy)
 from lwgpu.kernels import reference
 from lwgpu.spec.rkme import RKME
 
@@ -66,3 +66,14 @@ def test_fit_residuals_match_reference(rng):
     assert base[0] == pytest.approx(0.0, abs=1e-12)   # all rows: the empirical embedding itself
     with pytest.raises(ValueError):
         fit_residuals([spec], [x, x])
+
+
+def test_reuse_vs_own_gap():
+    rows = [{"method": "own", "n_labels": 5, "error": 0.4, "metric": "error_rate"},
+            {"method": "own", "n_labels": 5, "error": 0.2, "metric": "error_rate"},
+            {"method": "job_selector", "n_labels": 5, "error": 0.1, "metric": "error_rate"},
+            {"method": "job_selector", "n_labels": 10, "error": 0.1, "metric": "error_rate"}]
+    out = {(r["method"], r["n_labels"]): r for r in reuse_vs_own(rows)}
+    assert out[("own", 5)]["error"] == pytest.approx(0.3) and out[("own", 5)]["gap"] == pytest.approx(0.0)
+    assert out[("job_selector", 5)]["gap"] == pytest.approx(-0.2)
+    assert np.isnan(out[("job_selector", 10)]["own_error"])
