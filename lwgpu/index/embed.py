@@ -297,8 +297,8 @@ class NystroemFeatures(SpecEmbedder):
         cls, bank: Any, D: int, seed: int = 0, method: str = "kmeans", sample: int = 200_000, iters: int = 10
     ) -> "NystroemFeatures":
         """Landmarks from up to ``sample`` points of a SpecBank, drawn with probability ``beta``."""
-        z, beta = np.asarray(_np(bank.z), dtype=np.float32), np.asarray(_np(bank.beta), dtype=np.float64)
-        return cls.from_points_of_specs(z, beta, D, float(bank.gamma), seed=seed, method=method, sample=sample, iters=iters)
+        return cls.from_points_of_specs(bank.z, bank.beta, D, float(bank.gamma), seed=seed, method=method, sample=sample,
+                                        iters=iters)
 
     @classmethod
     def from_points_of_specs(cls, z: Any, beta: Any, D: int, gamma: float, seed: int = 0, method: str = "kmeans",
@@ -309,8 +309,8 @@ class NystroemFeatures(SpecEmbedder):
             raise ValueError("cannot choose Nystroem landmarks from an empty bank; add specs first or use kind='rff'")
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(n, size=min(n, max(1, sample // k)), replace=False))
-        pts = np.asarray(z[rows], dtype=np.float32).reshape(-1, z.shape[2])
-        w = np.abs(np.asarray(beta[rows], dtype=np.float64)).reshape(-1)
+        pts = np.asarray(_np(z[rows]), dtype=np.float32).reshape(-1, z.shape[2])  # only the sample leaves the device
+        w = np.abs(np.asarray(_np(beta[rows]), dtype=np.float64)).reshape(-1)
         return cls.from_points(pts, D, gamma, weights=w, seed=seed, method=method, iters=iters)
 
     def _params(self, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

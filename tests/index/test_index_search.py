@@ -66,10 +66,13 @@ def test_other_factories_search_exactly_on_candidates(factory):
     assert index.search(queries, 5, candidates=len(bank), probe=16)[1].shape == (20, 5)
 
 
-def test_flat_with_all_candidates_equals_exact():
+@pytest.mark.parametrize("embedder", ["orf", "rff", "nystroem"])
+def test_flat_with_all_candidates_equals_exact(embedder):
     bank, queries = _small(n=400)
     ed, ei = search_exact(bank, queries, k=7)
-    d, i = SpecIndex(bank, factory="Flat", D=64, candidates=400).search(queries, 7)
+    index = SpecIndex(bank, factory="Flat", D=64, candidates=400, embedder=embedder)
+    assert index.embedder.kind == embedder and index.D == 64
+    d, i = index.search(queries, 7)
     np.testing.assert_array_equal(i, ei)
     np.testing.assert_allclose(d, ed, rtol=1e-5, atol=1e-6)
 
