@@ -223,6 +223,41 @@ def plot_bars(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, title:
     return path
 
 
+def plot_latency(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, title: str = "",
+                 group: str = "method") -> Path | None:
+    """Grouped bars of p50/p90/p99 query latency (ms, log scale) per ``group``; None when no latency rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms")
+    vals: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["name"] in names and math.isfinite(r["value"]) and r["value"] > 0:
+            vals.setdefault(str(r.get(group, "")), {})[r["name"]] = r["value"]
+    if not vals:
+        return None
+    groups = sorted(vals)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(groups)), 3.6))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        ax.bar([i + (j - 1) * width for i in range(len(groups))], [vals[g].get(name, 0.0) for g in groups],
+               width, label=name.split("_")[1])
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per query (ms)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------- loggers
 class NullLogger:
     """``logger=none``: records nothing beyond the local results files."""

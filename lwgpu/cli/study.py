@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..tracking import Results, plot_bars, plot_metrics, run_context
+from ..tracking import Results, plot_bars, plot_latency, plot_metrics, run_context
 
 logger = logging.getLogger(__name__)
 
@@ -73,4 +73,7 @@ def make_plots(cfg: DictConfig, results: Results, out_dir: str | Path) -> list[P
         paths.append(plot_metrics(results.rows, x, panels, out / f"{cfg.experiment.name}.png", title=title))
     if sweep is None:
         paths.append(plot_bars(results.rows, out / "summary.png", title=f"{cfg.experiment.name}: quality"))
+        lat = plot_latency(results.rows, out / "latency.png", title=f"{cfg.experiment.name}: query latency")
+        if lat is not None:
+            paths.append(lat)
     return paths

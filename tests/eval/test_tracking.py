@@ -3,7 +3,8 @@ import csv
 
 import pytest
 
-from lwgpu.tracking import NullLogger, Results, WandbLogger, plot_bars, plot_metrics, read_jsonl, run_context
+from lwgpu.tracking import (NullLogger, Results, WandbLogger, plot_bars, plot_latency, plot_metrics, read_jsonl,
+                            run_context)
 
 
 def test_results_rows_files_and_context(tmp_path):
@@ -35,7 +36,9 @@ def test_plots_write_png(tmp_path):
     p = plot_metrics(res.rows, "n_tasks", [{"metrics": ["latency_p50_ms"], "logx": True, "logy": True},
                                             {"metrics": ["recall_at_k"], "ylabel": "recall"}], tmp_path / "a.png")
     b = plot_bars(res.rows, tmp_path / "b.png")
-    for path in (p, b):
+    lat = plot_latency(res.rows, tmp_path / "l.png")
+    assert plot_latency([r for r in res.rows if r["name"] == "recall_at_k"], tmp_path / "none.png") is None
+    for path in (p, b, lat):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         plot_metrics(res.rows, "n_tasks", [], tmp_path / "c.png")
