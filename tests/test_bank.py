@@ -6,7 +6,7 @@ import torch
 from lwgpu.bank import SpecBank
 from lwgpu.kernels import mmd2, reference as ref
 from lwgpu.spec.rkme import RKME
-from tests.conftest import random_spec_arrays
+from lwgpu_testutil import random_spec_arrays
 
 
 def ragged_specs(rng, n, kmax, d, gamma=0.1):

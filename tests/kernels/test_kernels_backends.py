@@ -9,7 +9,7 @@ from lwgpu.bank import SpecBank
 from lwgpu.device import cupy_available, numba_available
 from lwgpu.kernels import mmd2, mmd2_pairwise, pick_backend
 from lwgpu.spec.rkme import RKME
-from tests.conftest import FIXTURES, random_spec_arrays
+from lwgpu_testutil import FIXTURES, random_spec_arrays
 from tests.kernels.kernel_helpers import reference_terms, rel_err
 
 CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])

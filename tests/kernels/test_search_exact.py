@@ -7,7 +7,7 @@ from lwgpu.device import numba_available
 from lwgpu.search import search_exact
 from lwgpu.search.exact import merge_topk
 from lwgpu.spec.rkme import RKME
-from tests.conftest import random_spec_arrays
+from lwgpu_testutil import random_spec_arrays
 from tests.kernels.kernel_helpers import reference_terms
 from tests.kernels.test_kernels_backends import ALL, device_of, ragged_bank
 

@@ -1,11 +1,6 @@
 """Fixtures for market tests: a small digits market (scikit-learn models on class subsets/shifts)."""
 from __future__ import annotations
 
-import hashlib
-import sqlite3
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 from lwgpu.market import Market, pack_learnware
@@ -36,40 +31,3 @@ def digits_market(packages, tmp_path_factory):
     ids = [m.submit(p) for p in packages]
     yield m, ids
     m.close()
-
-
-def user_spec(digits_data, tasks, seed=0):
-    """A user mixing the test rows of ``tasks`` equally, with its RKME fitted like the tasks'."""
-    return digits_data.make_user(tasks, seed=seed)
-
-
-def snapshot(m: Market) -> dict:
-    """Everything a refused submission must leave unchanged: db rows, file hashes, bank ids."""
-    db = Path(m.root) / "market.db"
-    con = sqlite3.connect(db)
-    try:
-        rows = {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("learnwares", "meta")}
-    finally:
-        con.close()
-    files = {}
-    for p in sorted(Path(m.root).rglob("*")):
-        if p.is_file() and not p.name.startswith("market.db"):
-            files[p.relative_to(m.root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-    dirs = sorted(p.relative_to(m.root).as_posix() for p in Path(m.root).rglob("*") if p.is_dir())
-    banks = {d: m.bank(d).ids.tolist() for d in (64,) if m.bank(d) is not None}
-    return {"rows": rows, "files": files, "dirs": dirs, "banks": banks, "len": len(m)}
-
-
-def check_consistent(m: Market) -> None:
-    """Files, db and bank agree: one folder per row, bank ids == row ids, nothing staged."""
-    ids = set(m.ids)
-    folders = {int(p.name) for p in (Path(m.root) / "learnwares").iterdir()}
-    assert folders == ids
-    assert not list((Path(m.root) / ".staging").iterdir())
-    assert not list((Path(m.root) / ".trash").iterdir())
-    bank = m.bank(64)
-    assert set(bank.ids.tolist() if bank is not None else []) == ids
-    for i in ids:
-        z, beta = m.get(i).rkme.numpy()
-        p = int(bank.positions([i])[0])
-        np.testing.assert_allclose(bank.z[p, : len(beta)].numpy(), z, atol=1e-6)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import check_consistent, snapshot
+from market_testutil import check_consistent, snapshot
 from lwgpu.market import Market, SubmissionError, pack_learnware
 from lwgpu.spec.rkme import RKME
 

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 
-from conftest import check_consistent, user_spec
+from market_testutil import check_consistent, user_spec
 from lwgpu.market import Market
 
 

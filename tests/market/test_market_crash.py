@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import check_consistent, user_spec
+from market_testutil import check_consistent, user_spec
 from lwgpu.market import Market
 
 CRASH = textwrap.dedent('''

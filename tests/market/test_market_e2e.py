@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import check_consistent, user_spec
+from market_testutil import check_consistent, user_spec
 from lwgpu.kernels.reference import mmd2 as ref_mmd2
 from lwgpu.market import Market, SubmissionError
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import snapshot  # noqa: F401  (keeps the helper module importable for other files)
 from lwgpu.kernels import reference as ref
 from lwgpu.search.mixture import gram_and_cross, mixture_auto, mixture_greedy
 from lwgpu.search.scores import dist_to_score

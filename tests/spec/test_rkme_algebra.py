@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from lwgpu import RKME
 from lwgpu.kernels import reference as ref
-from conftest import FIXTURES, random_spec_arrays
+from lwgpu_testutil import FIXTURES, random_spec_arrays
 
 
 @pytest.mark.parametrize("d", [1, 3, 17])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lwgpu import RKME
-from conftest import FIXTURES, random_spec_arrays
+from lwgpu_testutil import FIXTURES, random_spec_arrays
 
 
 def test_json_round_trip(tmp_path, rng):
