@@ -98,10 +98,14 @@ class Pivots:
 
 
 def _gather(bank: SpecBank, pos: np.ndarray) -> SpecBank:
-    idx = torch.as_tensor(pos, device=bank.device)
+    """Rows ``pos`` of the bank as a new (copied) bank; numpy row copies on the CPU (faster than index_select)."""
     out = SpecBank(bank.gamma, bank.d, bank.K, dtype=bank.dtype, device=bank.device)
-    out._set_arrays(bank.ids[pos], bank.z.index_select(0, idx), bank.beta.index_select(0, idx),
-                    bank.counts[pos], bank.self_inner.index_select(0, idx))
+    if bank.device.type == "cpu":
+        z, b, s = (torch.from_numpy(np.take(t.numpy(), pos, axis=0)) for t in (bank.z, bank.beta, bank.self_inner))
+    else:
+        idx = torch.as_tensor(pos, device=bank.device)
+        z, b, s = (t.index_select(0, idx) for t in (bank.z, bank.beta, bank.self_inner))
+    out._set_arrays(bank.ids[pos], z, b, bank.counts[pos], s)
     return out
 
 
