@@ -90,14 +90,15 @@ def clustered_bank(rng, n_clusters, per, d, kmax=6):
 def test_pivot_pruning_is_exact(rng, backend):
     from lwgpu.search import Pivots
 
-    bank, specs = clustered_bank(rng, 12, 40, 3)
+    bank, specs = clustered_bank(rng, 30, 40, 3)
     bank = bank.subset(rng.permutation(bank.ids))
     piv = Pivots(bank, m=6, seed=1, backend=backend, device="cpu")
     assert piv.table.shape == (len(bank), 6) and piv.slack > 0
-    queries = [RKME(s.z.numpy() + 0.1, s.beta.numpy(), 0.1) for s in specs[::97]]
+    queries = [RKME(s.z.numpy() + 0.1, s.beta.numpy(), 0.1) for s in specs[::241]]
     full = search_exact(bank, queries, k=5, backend=backend, device="cpu")
     pruned = search_exact(bank, queries, k=5, backend=backend, device="cpu", pivots=piv)
     assert np.array_equal(full[1], pruned[1]) and np.allclose(full[0], pruned[0], atol=1e-6)
+    assert piv.last_visited < 0.5  # clustered market: the bounds skip most specs
     # the bound really is a lower bound on sqrt(dist) for every spec
     from lwgpu.kernels import mmd2
     qb = SpecBank.from_specs(queries[:1])
@@ -107,3 +108,16 @@ def test_pivot_pruning_is_exact(rng, backend):
     bank.remove(bank.ids[:1])
     with pytest.raises(ValueError, match="rebuild"):
         search_exact(bank, queries, k=5, pivots=piv)
+
+
+def test_pivots_fall_back_when_bounds_are_weak(rng):
+    from lwgpu.search import Pivots
+
+    bank, specs = ragged_bank(rng, 600, 5, 8, scale=2.0)  # spread specs: distances concentrate
+    piv = Pivots(bank, m=4, backend="torch", device="cpu")
+    q = [RKME(*random_spec_arrays(rng, 5, 8, 2.0), 0.1) for _ in range(2)]
+    full = search_exact(bank, q, k=4, backend="torch", device="cpu")
+    pruned = search_exact(bank, q, k=4, backend="torch", device="cpu", pivots=piv)
+    assert np.array_equal(full[1], pruned[1]) and np.allclose(full[0], pruned[0], atol=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        Pivots(SpecBank(0.1, 8))
