@@ -4,9 +4,10 @@
 distances approximate the squared MMD, asks FAISS for candidates and re-ranks them exactly.
 """
 from .embed import NystroemFeatures, RandomFourierFeatures, SpecEmbedder, make_embedder, pad_specs
-from .faiss_index import SpecIndex, effective_factory
+from .faiss_index import SpecIndex
 from .tuning import (
     DEFAULTS,
+    effective_factory,
     IndexReport,
     default_params,
     evaluate_index,

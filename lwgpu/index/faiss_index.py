@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from ..device import faiss_info, resolve_device
 from ..kernels.torch_backend import gaussian_kernel
 from ..search.exact import merge_topk
 from .embed import SpecEmbedder, make_embedder
-from .tuning import DEFAULTS
+from .tuning import DEFAULTS, effective_factory
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +42,6 @@ def _faiss():
     except ImportError as exc:  # pragma: no cover - faiss is an install requirement of the cpu/gpu extras
         raise ImportError("SpecIndex needs FAISS: pip install 'lwgpu[cpu]' (faiss-cpu) or 'lwgpu[gpu]'") from exc
     return faiss
-
-
-def effective_factory(factory: str, n: int) -> str:
-    """``factory`` with IVF list counts clipped to ``max(1, n // 39)`` (FAISS wants >= 39 points per list)."""
-    limit = max(1, n // 39)
-
-    def clip(m: re.Match) -> str:
-        nlist = int(m.group(1))
-        if nlist > limit:
-            logger.info("SpecIndex: %d specs are too few for %d IVF lists; using %d", n, nlist, limit)
-            return f"IVF{limit}"
-        return m.group(0)
-    return re.sub(r"IVF(\d+)", clip, factory)
 
 
 class SpecIndex:
@@ -172,6 +158,7 @@ class SpecIndex:
             index.train(sample)
         index.add_with_ids(emb, self.bank.ids.astype(np.int64))
         self._cpu, self._gpu, self._tomb = index, None, set()
+        self._built_n = n
         logger.info("SpecIndex: built %s over %d specs (D=%d, %s)", self.built_factory, n, self.D, self.embedder.kind)
 
     def _index(self) -> Any:
@@ -333,6 +320,11 @@ class SpecIndex:
         if self._cpu is None or revived:
             self.rebuild()  # first specs of an empty bank, or ids re-used while still in a graph index
             return
+        n = self.ntotal + len(new_ids)
+        if n >= 2 * self._built_n and effective_factory(self.factory, n, quiet=True) != self.built_factory:
+            logger.info("SpecIndex: the bank grew from %d to %d specs; rebuilding with more IVF lists", self._built_n, n)
+            self.rebuild()
+            return
         emb = self._embed_rows(self.bank.positions(new_ids))
         self._cpu.add_with_ids(emb, np.asarray(new_ids, np.int64))
         self._gpu = None
@@ -366,7 +358,7 @@ class SpecIndex:
         meta = {
             "format": FORMAT, "factory": self.factory, "built_factory": self.built_factory, "D": self.D,
             "candidates": self.candidates, "probe": self.probe, "seed": self.seed, "embedder": self.embedder.kind,
-            "gamma": self.bank.gamma, "d": self.bank.d, "N": self.ntotal, "tombstones": sorted(self._tomb),
+            "gamma": self.bank.gamma, "d": self.bank.d, "N": self.ntotal, "built_n": self._built_n, "tombstones": sorted(self._tomb),
         }
         (root / "index_meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -392,6 +384,7 @@ class SpecIndex:
         obj._cpu = _faiss().read_index(str(root / "index.faiss"))
         obj._gpu = obj._gpu_res = None
         obj._tomb = set(int(i) for i in meta["tombstones"])
+        obj._built_n = int(meta.get("built_n", meta["N"]))
         if not np.array_equal(obj.indexed_ids(), np.sort(bank.ids)):
             logger.warning("SpecIndex.load: the bank's ids differ from the saved index's; syncing")
             obj.sync()

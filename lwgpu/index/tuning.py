@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -137,6 +138,20 @@ def _draw_points(rng: np.random.Generator, centres: np.ndarray, K: int, scale: f
 # ---------------------------------------------------------------------- parameters
 #: Documented defaults (docs/index.md), measured on the synthetic market of :func:`synthetic_spec_arrays`.
 DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 512, "candidates": 100, "nprobe": 64, "ef_search": 256}
+
+
+def effective_factory(factory: str, n: int, quiet: bool = False) -> str:
+    """``factory`` with IVF list counts clipped to ``max(1, n // 39)`` (FAISS wants >= 39 points per list)."""
+    limit = max(1, n // 39)
+
+    def clip(m: re.Match) -> str:
+        nlist = int(m.group(1))
+        if nlist > limit:
+            if not quiet:
+                logger.info("SpecIndex: %d specs are too few for %d IVF lists; using %d", n, nlist, limit)
+            return f"IVF{limit}"
+        return m.group(0)
+    return re.sub(r"IVF(\d+)", clip, factory)
 
 
 def default_params(n: int, factory: str = "IVF1024,Flat") -> dict[str, Any]:

@@ -144,6 +144,12 @@ def test_empty_bank_small_bank_and_validation():
     d, i = index.search([q, q], 8)  # k > N: padded with -1 / inf
     assert (i[:, :5] >= 0).all() and (i[:, 5:] == -1).all() and np.isinf(d[:, 5:]).all()
     assert effective_factory("IVF4096,PQ8", 100_000) == "IVF2564,PQ8"
+    # a bank that outgrows its clipped IVF layout is re-trained with more lists
+    more = synthetic_spec_arrays(300, 0, K=3, d=4, seed=9)
+    added = index.add([RKME(z, b, GAMMA) for z, b in zip(more["z"], more["beta"])])
+    assert index.built_factory == "IVF7,Flat" and len(index) == 305 and len(bank) == 305
+    np.testing.assert_array_equal(index.indexed_ids(), np.sort(bank.ids))
+    assert index.search(RKME(more["z"][7], more["beta"][7], GAMMA), 1)[1][0, 0] == added[7]
     with pytest.raises(ValueError, match="gamma"):
         index.search(RKME(np.zeros((3, 4)), np.full(3, 1 / 3), 0.5), 1)
     with pytest.raises(ValueError, match="k must"):
