@@ -4,8 +4,10 @@
 - :class:`Averaging`: mean / vote by label / vote by probability over all learnwares.
 - :class:`EnsemblePruning`: a weighted sub-ensemble chosen greedily on a few labels.
 - :class:`FeatureAugment`: a linear model on the user's features plus learnware outputs.
+- :func:`align_features`: use a learnware whose columns differ from the user's (matched by name).
 - :func:`reuse_curve`: reuse error vs. number of user labels, against the user's own model.
 """
+from .alignment import AlignedLearnware, align_features
 from .averaging import Averaging
 from .base import Reuser
 from .ensemble_pruning import EnsemblePruning
@@ -13,5 +15,5 @@ from .evaluation import make_reuser, reuse_curve, summarize
 from .feature_augment import FeatureAugment
 from .job_selector import JobSelector
 
-__all__ = ["Averaging", "EnsemblePruning", "FeatureAugment", "JobSelector", "Reuser", "make_reuser",
+__all__ = ["AlignedLearnware", "Averaging", "align_features", "EnsemblePruning", "FeatureAugment", "JobSelector", "Reuser", "make_reuser",
            "reuse_curve", "summarize"]
