@@ -173,16 +173,26 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
     backends = ["numba", "torch"]
     for d in dims:
         query = make_query(d, args.seed)
-        per_spec, per_spec_1t, ref_n = None, None, 0
+        per_spec, per_spec_1t, ref_n, ref_threads = None, None, 0, args.threads
         for n in sizes:
             t0 = time.perf_counter()
             bank = make_bank(n, d, args.seed)
             build_s = time.perf_counter() - t0
-            if per_spec is None or (ref_n < n and per_spec * n <= args.ref_budget):
+            if per_spec is None:  # first size: time the reference with 2 threads and with 1
                 per_spec, ref_n = reference_per_spec(bank, query, n, args.ref_budget)
                 torch.set_num_threads(1)  # tiny GEMMs: one thread avoids barrier costs on a busy CPU
-                per_spec_1t, _ = reference_per_spec(bank, query, min(n, 2000), args.ref_budget / 4)
+                per_spec_1t, ref_n_1t = reference_per_spec(bank, query, n, args.ref_budget)
                 torch.set_num_threads(args.threads)
+                ref_threads = 1 if per_spec_1t < per_spec else args.threads
+                ref_n = ref_n_1t if ref_threads == 1 else ref_n
+            elif ref_n < n and min(per_spec, per_spec_1t) * n <= args.ref_budget:  # measure at this N too
+                torch.set_num_threads(ref_threads)
+                cost, ref_n = reference_per_spec(bank, query, n, args.ref_budget)
+                torch.set_num_threads(args.threads)
+                if ref_threads == 1:
+                    per_spec_1t = cost
+                else:
+                    per_spec = cost
             ref_s = min(per_spec, per_spec_1t) * n  # the faster of the two: a conservative ratio
             ref_measured = ref_n >= n
             row = {"N": n, "d": d, "K": K, "Kq": K, "build_s": build_s, "bank_MB": bank.nbytes / 2**20,

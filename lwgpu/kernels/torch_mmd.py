@@ -20,6 +20,7 @@ def cross_terms(
     gamma: float,
     max_block_elems: int = 1 << 22,
     stats: dict[str, Any] | None = None,
+    **_: Any,
 ) -> torch.Tensor:
     """``<Q_q, B_n> = sum_ij qb[q,i] bb[n,j] k(qz[q,i], bz[n,j])`` for every pair.
 
@@ -34,6 +35,9 @@ def cross_terms(
         Largest kernel block (query points x bank points) materialised at once.
     stats : dict, optional
         Filled with ``max_block`` (largest block numel made), for memory tests.
+    **_ :
+        Options meant for other backends (e.g. ``accumulate``) are ignored: torch accumulates the
+        query-point sums in the compute dtype and the bank-weight sums in float64.
 
     Returns
     -------
