@@ -15,5 +15,5 @@ from .evaluation import make_reuser, reuse_curve, summarize
 from .feature_augment import FeatureAugment
 from .job_selector import JobSelector
 
-__all__ = ["AlignedLearnware", "Averaging", "align_features", "EnsemblePruning", "FeatureAugment", "JobSelector", "Reuser", "make_reuser",
-           "reuse_curve", "summarize"]
+__all__ = ["AlignedLearnware", "Averaging", "EnsemblePruning", "FeatureAugment", "JobSelector", "Reuser",
+           "align_features", "make_reuser", "reuse_curve", "summarize"]

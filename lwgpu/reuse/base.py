@@ -64,12 +64,27 @@ def find_rkme(learnware: Any) -> Any:
     return None
 
 
+def _model_chain(learnware: Any, depth: int = 3) -> list[Any]:
+    """The learnware and the models it wraps through ``.model`` (e.g. market Learnware -> adapter -> estimator)."""
+    chain = [learnware]
+    while len(chain) < depth and getattr(chain[-1], "model", None) is not None:
+        chain.append(chain[-1].model)
+    return chain
+
+
 def find_proba(learnware: Any) -> tuple[Any, Any]:
-    """``(predict_proba callable or None, classes_ or None)`` of a learnware or its wrapped ``.model``."""
-    objs = [learnware, getattr(learnware, "model", None)]
+    """``(predict_proba callable or None, classes_ or None)`` of a learnware or a model it wraps.
+
+    ``classes_`` falls back to the semantic spec's ``classes`` list.
+    """
+    objs = _model_chain(learnware)
     classes = next((getattr(o, "classes_") for o in objs if getattr(o, "classes_", None) is not None), None)
+    if classes is None:
+        sem = getattr(learnware, "semantic_spec", None)
+        if isinstance(sem, dict) and sem.get("classes"):
+            classes = np.asarray(sem["classes"])
     for obj in objs:
-        if obj is not None and callable(getattr(obj, "predict_proba", None)):
+        if callable(getattr(obj, "predict_proba", None)):
             return obj.predict_proba, classes
     return None, classes
 
