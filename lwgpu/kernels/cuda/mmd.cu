@@ -18,9 +18,11 @@
 // Entry points (extern "C", no name mangling): mmd_cross_<acc>_<dr>, acc in {f32, f64}, dr in {d16, d32,
 // d64, dgen} (d64 may use up to 255 registers: one block per SM, no spills). Dynamic shared memory: (qtile * ds + 2 * qtile) floats (+ alignment) + spb * K * sizeof(Acc).
 
-#include <cuda_runtime.h>
+// No #include: the file compiles both under nvcc and under NVRTC (CuPy RawModule) as is.
 
 namespace {
+
+typedef unsigned long long idx_t;  // 64-bit offsets (NVRTC has no <cstddef> size_t by default)
 
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
@@ -36,11 +38,11 @@ __device__ __forceinline__ void mmd_cross_impl(
     extern __shared__ __align__(16) unsigned char smem[];
     const int ds = DR > 0 ? DR : d;  // row stride of the query points in shared memory
     float* sq = reinterpret_cast<float*>(smem);
-    float* sn = sq + (size_t)qtile * ds;
+    float* sn = sq + (idx_t)qtile * ds;
     float* sw = sn + qtile;
-    size_t part_off = (((size_t)qtile * ds + 2 * (size_t)qtile) * sizeof(float) + 15) & ~(size_t)15;
+    idx_t part_off = (((idx_t)qtile * ds + 2 * (idx_t)qtile) * sizeof(float) + 15) & ~(idx_t)15;
     Acc* part = reinterpret_cast<Acc*>(smem + part_off);
-    float* sc = reinterpret_cast<float*>(smem + part_off + (size_t)spb * K * sizeof(Acc));  // DR == 0 only
+    float* sc = reinterpret_cast<float*>(smem + part_off + (idx_t)spb * K * sizeof(Acc));  // DR == 0 only
 
     const int q = blockIdx.y;
     const long long n0 = (long long)blockIdx.x * spb;
@@ -48,8 +50,8 @@ __device__ __forceinline__ void mmd_cross_impl(
     const int nspec = (int)min((long long)spb, (long long)T - n0);
     const int P = nspec * K;
     const bool single_tile = Kq <= qtile;
-    const float* qp_q = qp + (size_t)q * Kq * ds;
-    const float* cq = center + (size_t)q * d;
+    const float* qp_q = qp + (idx_t)q * Kq * ds;
+    const float* cq = center + (idx_t)q * d;
 
     if (DR == 0) {
         for (int c = threadIdx.x; c < d; c += blockDim.x) sc[c] = cq[c];
@@ -57,8 +59,8 @@ __device__ __forceinline__ void mmd_cross_impl(
     if (single_tile) {
         for (int idx = threadIdx.x; idx < Kq * ds; idx += blockDim.x) sq[idx] = qp_q[idx];
         for (int idx = threadIdx.x; idx < Kq; idx += blockDim.x) {
-            sn[idx] = qn[(size_t)q * Kq + idx];
-            sw[idx] = qw[(size_t)q * Kq + idx];
+            sn[idx] = qn[(idx_t)q * Kq + idx];
+            sw[idx] = qw[(idx_t)q * Kq + idx];
         }
     }
     __syncthreads();
@@ -66,7 +68,7 @@ __device__ __forceinline__ void mmd_cross_impl(
     for (int f0 = 0; f0 < P; f0 += blockDim.x) {  // uniform trip count: __syncthreads below is safe
         const int f = f0 + threadIdx.x;
         const bool active = f < P;
-        const float* bp = bz + ((size_t)n0 * K + (active ? f : 0)) * d;
+        const float* bp = bz + ((idx_t)n0 * K + (active ? f : 0)) * d;
         float b[DR > 0 ? DR : 1];
         float bn = 0.f;
         if (DR > 0) {
@@ -88,10 +90,10 @@ __device__ __forceinline__ void mmd_cross_impl(
             const int nt = min(qtile, Kq - i0);
             if (!single_tile) {
                 __syncthreads();
-                for (int idx = threadIdx.x; idx < nt * ds; idx += blockDim.x) sq[idx] = qp_q[(size_t)i0 * ds + idx];
+                for (int idx = threadIdx.x; idx < nt * ds; idx += blockDim.x) sq[idx] = qp_q[(idx_t)i0 * ds + idx];
                 for (int idx = threadIdx.x; idx < nt; idx += blockDim.x) {
-                    sn[idx] = qn[(size_t)q * Kq + i0 + idx];
-                    sw[idx] = qw[(size_t)q * Kq + i0 + idx];
+                    sn[idx] = qn[(idx_t)q * Kq + i0 + idx];
+                    sw[idx] = qw[(idx_t)q * Kq + i0 + idx];
                 }
                 __syncthreads();
             }
@@ -101,7 +103,7 @@ __device__ __forceinline__ void mmd_cross_impl(
                     const float w = sw[i];
                     if (w == 0.f) continue;  // same i for every thread: no divergence
                     float e = bterm - sn[i];
-                    const float* a = sq + (size_t)i * ds;
+                    const float* a = sq + (idx_t)i * ds;
                     if (DR > 0) {
                         const float4* a4 = reinterpret_cast<const float4*>(a);
 #pragma unroll
@@ -119,13 +121,13 @@ __device__ __forceinline__ void mmd_cross_impl(
                 }
             }
         }
-        if (active) part[f] = Acc(__ldg(bb + (size_t)n0 * K + f)) * s;
+        if (active) part[f] = Acc(__ldg(bb + (idx_t)n0 * K + f)) * s;
     }
     __syncthreads();
     for (int t = threadIdx.x; t < nspec; t += blockDim.x) {  // deterministic per-spec sum
         Acc tot = Acc(0);
         for (int j = 0; j < K; ++j) tot += part[t * K + j];
-        out[(size_t)q * T + n0 + t] = double(tot);
+        out[(idx_t)q * T + n0 + t] = double(tot);
     }
 }
 
