@@ -1,8 +1,8 @@
 """CPU kernel of :func:`lwgpu.spec.qp.solve_simplex_qp`: numba, float64, one problem at a time.
 
 Same algorithm as the torch path (FISTA with adaptive restart, exact simplex projection, Frank-Wolfe
-gap test), followed by a primal active-set method started from FISTA's support, which ends at the
-exact KKT point (up to round-off) after a few support changes.
+gap test); where FISTA has not reached the tolerance (ill-conditioned Gram matrices), a primal
+active-set method started from its support ends at the exact KKT point after a few support changes.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def _active_set(G: np.ndarray, c: np.ndarray, x: np.ndarray, tol: float) -> np.n
     S = x > 0
     x = x.copy()
     f_prev = np.inf
-    for _ in range(3 * M + 10):
+    last_added = -1
+    for _ in range(2 * M + 10):
         idx = np.nonzero(S)[0]
         r = idx.shape[0]
         A = np.zeros((r + 1, r + 1))
@@ -89,6 +90,7 @@ def _active_set(G: np.ndarray, c: np.ndarray, x: np.ndarray, tol: float) -> np.n
             if j < 0:
                 break
             S[j] = True
+            last_added = j
         else:
             alpha = 1.0
             j = -1
@@ -98,6 +100,10 @@ def _active_set(G: np.ndarray, c: np.ndarray, x: np.ndarray, tol: float) -> np.n
                     if step < alpha:
                         alpha = step
                         j = idx[a]
+            if alpha <= 0.0 and j == last_added:
+                # the index just added wants to leave at once: its multiplier was round-off; stop
+                S[j] = False
+                break
             for a in range(r):
                 x[idx[a]] += alpha * (xs[a] - x[idx[a]])
             if j >= 0:
@@ -118,8 +124,10 @@ def _solve_one(G, c, x0, iters, tol, check_every, polish):
     thresh = tol * (1.0 + np.max(np.abs(c)))
     L = _lipschitz(G)
     x = _project(x0)
+    start = x.copy()
     y = x.copy()
     t = 1.0
+    converged = False
     for it in range(1, iters + 1):
         g = G @ y - c
         xn = _project(y - g / L)
@@ -134,11 +142,14 @@ def _solve_one(G, c, x0, iters, tol, check_every, polish):
         if it % check_every == 0:
             gx = G @ x - c
             if x @ gx - np.min(gx) <= thresh:
+                converged = True
                 break
-    if polish:
+    if polish and not converged:
         xp = _active_set(G, c, x, thresh)
         if np.all(np.isfinite(xp)) and _objective(G, c, xp) <= _objective(G, c, x):
             x = xp
+    if _objective(G, c, start) < _objective(G, c, x):  # never worse than the warm start
+        x = start
     return x
 
 

@@ -63,7 +63,7 @@ _OPTIONS = {
     "progress": None,  # None: a bar when fitting >= 8 datasets
     "min_eta": 1.0 / 1024,
     "max_eta": 2.0,
-    "small_work": 1 << 24,  # CPU batches with fewer kernel-block entries x d run on one torch thread
+    "small_work": 1 << 27,  # CPU batches with fewer kernel-block entries x d run on one torch thread
 }
 
 
@@ -104,15 +104,23 @@ class _Batch:
 
     def __init__(self, Xs: torch.Tensor, mask: torch.Tensor, z: torch.Tensor, gamma: float) -> None:
         self.Xs, self.mask, self.gamma = Xs, mask, gamma
-        self.mf = mask.to(Xs.dtype)
-        self.n = self.mf.sum(-1)  # (B,)
+        self.XsT = Xs.transpose(1, 2)
+        self.padded = not bool(mask.all())
+        self.mf = mask.to(Xs.dtype).unsqueeze(1)  # (B, 1, S)
+        self.n = self.mf.sum(-1)  # (B, 1)
+        self.x2 = (Xs * Xs).sum(-1).unsqueeze(1)  # (B, 1, S)
         self.set_z(z)
 
     def kernels(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Kzx (B,K,S) masked, m (B,K), Kzz (B,K,K)) at z."""
-        Kzx = _kernel(z, self.Xs, self.gamma) * self.mf.unsqueeze(1)
-        m = Kzx.sum(-1) / self.n.unsqueeze(-1)
-        return Kzx, m, _kernel(z, z, self.gamma)
+        """(Kzx (B,K,S) masked, m (B,K), Kzz (B,K,K)) at z; few fused in-place ops (overhead-bound)."""
+        g = -self.gamma
+        z2 = (z * z).sum(-1, keepdim=True)  # (B, K, 1)
+        Kzx = torch.baddbmm(z2 + self.x2, z, self.XsT, alpha=-2.0).clamp_min_(0.0).mul_(g).exp_()
+        if self.padded:
+            Kzx.mul_(self.mf)
+        m = Kzx.sum(-1).div_(self.n)
+        Kzz = torch.baddbmm(z2 + z2.transpose(1, 2), z, z.transpose(1, 2), alpha=-2.0).clamp_min_(0.0).mul_(g).exp_()
+        return Kzx, m, Kzz
 
     def set_z(self, z: torch.Tensor) -> None:
         self.z = z
@@ -127,7 +135,7 @@ class _Batch:
     def direction(self, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B_i - A_i) (B,K,d) and the preconditioner D (B,K); gradient = 4 gamma beta_i (B_i - A_i)."""
         z = self.z
-        Wx = (self.Kzx @ self.Xs) / self.n.view(-1, 1, 1)
+        Wx = (self.Kzx @ self.Xs).div_(self.n.unsqueeze(-1))
         P = self.Kzz * beta.unsqueeze(1)
         s = P.sum(-1)
         A = s.unsqueeze(-1) * z - P @ z
@@ -136,14 +144,12 @@ class _Batch:
         return Bt - A, D
 
 
-def _solve_beta(Kzz: torch.Tensor, c: torch.Tensor, beta0: torch.Tensor, iters: int, tol: float | None = None):
-    """QP for beta warm-started at beta0; keeps beta0 wherever the QP result is not better."""
-    beta = solve_simplex_qp(Kzz, c, x0=beta0, iters=iters, tol=tol)
+def _solve_beta(Kzz: torch.Tensor, c: torch.Tensor, beta0: torch.Tensor, iters: int, polish: bool = False):
+    """QP for beta warm-started at beta0 (the solver never returns worse than its warm start).
 
-    def f(b: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (b * (Kzz @ b.unsqueeze(-1)).squeeze(-1)).sum(-1) - (b * c).sum(-1)
-
-    return torch.where((f(beta) <= f(beta0)).unsqueeze(-1), beta, beta0)
+    Inside the rounds FISTA alone is enough (the next round moves z anyway); the final solve
+    adds the active-set polish for an exact beta."""
+    return solve_simplex_qp(Kzz, c, x0=beta0, iters=iters, polish=polish)
 
 
 def _uniform(batch: _Batch) -> torch.Tensor:
@@ -168,11 +174,14 @@ def _optimise(batch: _Batch, steps: int, opts: dict[str, Any]) -> torch.Tensor:
             Kzx, m, Kzz = batch.kernels(z_new)
             J_new = batch.objective(beta, m, Kzz)
             acc = (J_new <= J) & active
-            a3 = acc.view(-1, 1, 1)
-            batch.z = torch.where(a3, z_new, batch.z)
-            batch.Kzx = torch.where(a3, Kzx, batch.Kzx)
-            batch.Kzz = torch.where(a3, Kzz, batch.Kzz)
-            batch.m = torch.where(acc.unsqueeze(-1), m, batch.m)
+            if bool(acc.all()):
+                batch.z, batch.Kzx, batch.Kzz, batch.m = z_new, Kzx, Kzz, m
+            else:
+                a3 = acc.view(-1, 1, 1)
+                batch.z = torch.where(a3, z_new, batch.z)
+                batch.Kzx = torch.where(a3, Kzx, batch.Kzx)
+                batch.Kzz = torch.where(a3, Kzz, batch.Kzz)
+                batch.m = torch.where(acc.unsqueeze(-1), m, batch.m)
             eta = torch.where(acc, (eta * 1.5).clamp_max(opts["max_eta"]), eta * 0.5)
             active &= eta >= opts["min_eta"]
         beta_new = _solve_beta(batch.Kzz, batch.m, beta, opts["qp_iters"])
@@ -239,7 +248,7 @@ def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: 
     c = torch.stack([o[1][0] for o in out])
     Kzz = torch.stack([o[1][1] for o in out])
     b0 = torch.stack([o[1][2] for o in out])
-    beta_final = _solve_beta(Kzz, c, b0, int(opts["final_qp_iters"]))
+    beta_final = _solve_beta(Kzz, c, b0, int(opts["final_qp_iters"]), polish=True)
     return [(o[0], beta_final[b]) for b, o in enumerate(out)]
 
 
@@ -310,9 +319,11 @@ def fit_many(
     xs, mus = [], []
     for i, X in enumerate(datasets):
         name = "X" if len(datasets) == 1 else f"datasets[{i}]"
-        x = as_matrix(X, name=name, nan_policy=nan_policy, dtype=torch.float64, device=dev)
+        # validated and centred on the host (float32 distances stay accurate far from the origin);
+        # each batch moves to the device only when it is fitted
+        x = as_matrix(X, name=name, nan_policy=nan_policy, dtype=torch.float64, device="cpu")
         mu = x.mean(0)
-        xs.append((x - mu).to(dt))  # centred: float32 distances stay accurate far from the origin
+        xs.append((x - mu).to(dt))
         mus.append(mu)
 
     groups: dict[tuple[int, int], list[int]] = {}
@@ -341,9 +352,9 @@ def fit_many(
             work = sum(max(min(xs[i].shape[0], int(opts["max_points"])), Kg) * Kg * (xs[i].shape[1] + 8) for i in idx)
             small = dev.type == "cpu" and work < opts["small_work"]
             with _cpu_threads(1 if small else None):
-                fitted = _fit_batch([xs[i] for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
+                fitted = _fit_batch([xs[i].to(dev) for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
             for i, (z, beta) in zip(idx, fitted):
-                z = (z.to(torch.float64) + mus[i]).to(dt)
+                z = (z.to(torch.float64) + mus[i].to(dev)).to(dt)
                 results[i] = RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev)
             bar.update(len(idx))
     logger.info("fitted %d RKME specs (K=%d, gamma=%g, steps=%d) in %d batches on %s",

@@ -130,7 +130,8 @@ def solve_simplex_qp(
         Stop an element once its Frank-Wolfe gap is below ``tol * (1 + max|c|)``;
         default 1e-12 in float64, 1e-7 in float32.
     x0 : torch.Tensor, (B, M), optional
-        Warm start (projected onto the simplex first); default uniform over valid entries.
+        Warm start (projected onto the simplex first); default uniform over valid entries. The
+        result is never worse than the projected warm start.
     check_every : int
         Iterations between convergence checks.
     polish : bool
@@ -179,7 +180,7 @@ def solve_simplex_qp(
             np.ascontiguousarray(mask.numpy()), np.ascontiguousarray(x0n), x0 is not None,
             int(iters), float(tol), int(check_every), bool(polish),
         )
-        return torch.from_numpy(out).to(G.dtype)
+        return torch.from_numpy(out).to(device=G.device, dtype=G.dtype)
     c = c.to(G.dtype)
     mf = mask.to(G.dtype)
     G = G * mf.unsqueeze(-1) * mf.unsqueeze(-2)
@@ -214,5 +215,8 @@ def solve_simplex_qp(
                 break
     if polish:
         x = _polish(G, c, x, mask)
+    if x0 is not None:  # never worse than the (projected) warm start
+        xs = project_simplex(x0.to(G.dtype), mask)
+        x = torch.where((simplex_qp_objective(G, c, xs) < simplex_qp_objective(G, c, x)).unsqueeze(-1), xs, x)
     logger.debug("simplex QP: B=%d M=%d, %d iterations, %d not converged", B, M, it, int(active.sum()))
     return x

@@ -197,3 +197,16 @@ def test_nan_impute_and_parameter_checks():
         fit_many([], device="cpu")
     with pytest.raises(ValueError, match="list"):
         fit_many(clean, device="cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_fit_matches_cpu_within_float32_tolerance():
+    rng = np.random.default_rng(9)
+    data = [mixture(rng, n, 6) for n in (900, 400, 1300)]
+    cpu = fit_many(data, K=30, device="cpu", seed=1)
+    gpu = fit_many(data, K=30, device="cuda", seed=1)
+    for x, a, b in zip(data, cpu, gpu):
+        assert b.device.type == "cuda"
+        xx = mean_gram(x)
+        ra, rb = fast_residual(a, x, xx), fast_residual(b.to("cpu"), x, xx)
+        assert abs(ra - rb) <= 0.05 * ra + 1e-7
