@@ -6,8 +6,8 @@ package (``learnware.specification.RKMETableSpecification.dist`` over the same s
 measured where it finishes in about a minute and extrapolated with its per-spec cost beyond that.
 A microbenchmark measures this CPU's float32 multiply-add rate (2048^3 GEMM) and float32 exp rate
 (torch's vectorised exp, and the numba kernel's own exp), giving the bound for the work:
-N * Kq * K * (d / fma_rate + 1 / exp_rate). Peak memory of a search (RSS high-water mark, reset
-before the search) is compared with the bank's size.
+N * Kq * K * (d / fma_rate + 1 / exp_rate). Peak memory of a search (in a fresh process holding
+the bank in RAM: RSS high-water mark, reset just before the search) is compared with the bank's size.
 
 Usage::
 
@@ -146,22 +146,42 @@ def reference_per_spec(bank, query, n_max: int, budget_s: float) -> tuple[float,
     return (time.perf_counter() - t) / done, done
 
 
-def peak_rss_during(fn) -> tuple[int, int]:
-    """(RSS before, peak RSS during fn) in bytes; the kernel's high-water mark is reset first."""
-    import psutil
+_MEM_CHILD = r"""
+import sys, json, pathlib, numpy as np, psutil, torch
+torch.set_num_threads(int(sys.argv[3]))
+import numba; numba.set_num_threads(int(sys.argv[3]))
+from lwgpu.bank import SpecBank
+from lwgpu.search import search_exact
+from lwgpu.spec.rkme import RKME
+bank = SpecBank.load(sys.argv[1], mmap=False)  # the bank in RAM, as a market holds it
+rng = np.random.default_rng(0)
+q = RKME(rng.standard_normal((bank.K, bank.d)), np.full(bank.K, 1.0 / bank.K), bank.gamma)
+search_exact(bank.rows(0, 8), q, k=5, backend=sys.argv[2], device="cpu")  # load compiled code first
+pathlib.Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
+before = psutil.Process().memory_info().rss
+search_exact(bank, q, k=10, backend=sys.argv[2], device="cpu")
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"before": before, "peak": hwm, "bank": bank.nbytes}))
+"""
 
-    proc = psutil.Process()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        log.warning("cannot reset the RSS high-water mark; peak includes earlier work")
-    before = proc.memory_info().rss
-    fn()
-    peak = before
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) * 1024
-    return before, peak
+
+def search_peak_memory(bank, backend: str, threads: int) -> float:
+    """(bank bytes + RSS growth of one search) / bank bytes, measured in a fresh process.
+
+    A fresh process matters: in this one, memory freed by earlier runs is reused and hides growth.
+    """
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bank.save(tmp)
+        res = subprocess.run([sys.executable, "-c", _MEM_CHILD, tmp, backend, str(threads)],
+                             capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        log.warning("memory probe failed: %s", res.stderr[-500:])
+        return float("nan")
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    return (m["bank"] + max(0, m["peak"] - m["before"])) / m["bank"]
 
 
 def run_cpu(args: argparse.Namespace) -> list[dict]:
@@ -213,8 +233,8 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
                     tb = best_time(lambda: search_exact(bank, qs, k=TOPK, backend=be, device="cpu"), 2)
                     row["numba_batch8_qps"] = 8 / tb
                 gc.collect()
-                before, peak = peak_rss_during(lambda: search_exact(bank, query, k=TOPK, backend=be, device="cpu"))
-                row[f"{be}_peak_over_bank"] = (peak - before + bank.nbytes) / bank.nbytes
+                if n >= 10_000:
+                    row[f"{be}_peak_over_bank"] = search_peak_memory(bank, be, args.threads)
             log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
             rows.append(row)
             del bank
@@ -377,7 +397,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
     if cpu_rows:
         lines += ["| d | N | ref s (per spec ms: 2 threads / 1 thread) | numba s | numba q/s | numba x ref | numba x bound | "
                   "numba q/s (batch of 8) | torch s | torch x ref | torch x bound | bound s | "
-                  "peak mem / bank (numba, torch) |",
+                  "peak mem / bank (numba, torch; fresh process) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in cpu_rows:
             star = "*" if x["ref_extrapolated"] else ""

@@ -89,7 +89,7 @@ def cross_matrix(
     qstep = len(qbank) or 1
     if name == "torch":
         if "max_block_elems" not in options:  # keep the kernel block below the bank's own size
-            options = dict(options, max_block_elems=int(min(1 << 22, max(1 << 16, bank.nbytes // 8))))
+            options = dict(options, max_block_elems=int(min(1 << 22, max(1 << 16, bank.nbytes // 16))))
         cap = int(options["max_block_elems"])
         qstep = max(1, cap // max(1, 16 * qbank.K * max(bank.K, 1)))
     for s in range(start, stop, tile):
