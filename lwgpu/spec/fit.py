@@ -157,10 +157,12 @@ def _uniform(batch: _Batch) -> torch.Tensor:
     return torch.full((B, K), 1.0 / K, dtype=batch.z.dtype, device=batch.z.device)
 
 
-def _optimise(batch: _Batch, steps: int, opts: dict[str, Any]) -> torch.Tensor:
-    """Run the rounds on a batch; returns beta (B, K) and leaves the final z in batch.z."""
+def _optimise(batch: _Batch, steps: int, opts: dict[str, Any], beta: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the rounds on a batch from beta (default: solved at the initial z); returns beta (B, K)
+    and leaves the final z in batch.z."""
     B, K, _ = batch.z.shape
-    beta = _solve_beta(batch.Kzz, batch.m, _uniform(batch), opts["final_qp_iters"])
+    if beta is None:
+        beta = _solve_beta(batch.Kzz, batch.m, _uniform(batch), opts["qp_iters"])
     step_size = opts["step_size"]
     eta = torch.ones(B, dtype=batch.z.dtype, device=batch.z.device)
     active = torch.ones(B, dtype=torch.bool, device=batch.z.device)
@@ -223,33 +225,28 @@ def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: 
     for b, s in enumerate(subs):
         Xs[b, : s.shape[0]] = s
         mask[b, : s.shape[0]] = True
-    seeds_z = kmeans_pp_init(Xs, mask, K, gens, rounds=opts["kmeans_rounds"])  # data points spread out by D^2 sampling
+    seeds_z = kmeans_pp_init(Xs, mask, K, gens, rounds=opts["kmeans_rounds"])  # data points, D^2-spread
     z0 = lloyd(Xs, mask, seeds_z, iters=int(opts["kmeans_iters"])) if opts["kmeans_iters"] > 0 else seeds_z
     batch = _Batch(Xs, mask, z0, gamma)
+    beta = None
     if opts["kmeans_iters"] > 0:
         # In high dimension (relative to the kernel width) centroids embed worse than data points;
         # start each dataset from whichever of the two gives the lower objective with optimal beta.
-        b_c = _solve_beta(batch.Kzz, batch.m, _uniform(batch), int(opts["qp_iters"]))
+        beta = _solve_beta(batch.Kzz, batch.m, _uniform(batch), int(opts["qp_iters"]))
         alt = _Batch(Xs, mask, seeds_z, gamma)
         b_s = _solve_beta(alt.Kzz, alt.m, _uniform(alt), int(opts["qp_iters"]))
-        use = alt.objective(b_s) < batch.objective(b_c)
+        use = alt.objective(b_s) < batch.objective(beta)
         if bool(use.any()):
             batch.set_z(torch.where(use.view(-1, 1, 1), seeds_z, z0))
-    beta = _optimise(batch, steps, opts)
-    out = []
-    for b, x in enumerate(xs):
-        z = batch.z[b]
-        if subs[b] is x:
-            c, Kzz, beta0 = batch.m[b], batch.Kzz[b], beta[b]
-        else:
-            c, Kzz, beta0 = _full_mean_kernel(z, x, gamma, int(opts["chunk_rows"])), batch.Kzz[b], beta[b]
-        out.append((z, (c, Kzz, beta0)))
-    # final exact beta for every dataset of the batch at once
-    c = torch.stack([o[1][0] for o in out])
-    Kzz = torch.stack([o[1][1] for o in out])
-    b0 = torch.stack([o[1][2] for o in out])
-    beta_final = _solve_beta(Kzz, c, b0, int(opts["final_qp_iters"]), polish=True)
-    return [(o[0], beta_final[b]) for b, o in enumerate(out)]
+            beta = torch.where(use.unsqueeze(-1), b_s, beta)
+    beta = _optimise(batch, steps, opts, beta)
+    # final exact beta for every dataset of the batch at once, with c = m(z) over all rows
+    c = torch.stack([
+        batch.m[b] if subs[b] is x else _full_mean_kernel(batch.z[b], x, gamma, int(opts["chunk_rows"]))
+        for b, x in enumerate(xs)
+    ])
+    beta = _solve_beta(batch.Kzz, c, beta, int(opts["final_qp_iters"]), polish=True)
+    return [(batch.z[b], beta[b]) for b in range(B)]
 
 
 def fit_many(
