@@ -117,8 +117,13 @@ def build_index(cfg: DictConfig, bank: Any, results: Results, tags: dict[str, An
 
 
 def build(cfg: DictConfig, results: Results, tags: dict[str, Any]) -> Built:
-    """All the steps before search."""
+    """All the steps before search; the bank is moved to ``cfg.device`` (a GPU when ``auto`` finds one)."""
+    from ..device import resolve_device
+
     market, users = build_market(cfg)
     bank, queries = build_specs(cfg, market, users, results, tags)
+    device = resolve_device(cfg.device)
+    if bank.device != device:
+        bank = bank.to(device)
     index = build_index(cfg, bank, results, tags)
     return Built(market=market, users=users, bank=bank, queries=queries, index=index)
