@@ -138,6 +138,34 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def collect_runs(sweep_dir: str | os.PathLike) -> Results:
+    """All rows of a Hydra multirun folder (``<sweep_dir>/<job>/results.jsonl``) in one table.
+
+    Each row gains a ``job`` column and one column per override of its job
+    (``.hydra/overrides.yaml``, e.g. ``market.n_tasks``), so a sweep run through any launcher
+    (joblib, submitit_local, submitit_slurm) can be plotted like an in-process study.
+    """
+    import yaml
+
+    root = Path(sweep_dir)
+    files = sorted(root.glob("*/results.jsonl"), key=lambda p: (len(p.parent.name), p.parent.name))
+    if not files:
+        raise ValueError(f"no <job>/results.jsonl under {root}; pass the folder a multirun wrote (hydra.sweep.dir)")
+    out = Results()
+    for f in files:
+        tags: dict[str, Any] = {"job": f.parent.name}
+        over = f.parent / ".hydra" / "overrides.yaml"
+        if over.exists():
+            for item in yaml.safe_load(over.read_text(encoding="utf-8")) or []:
+                key, _, val = str(item).partition("=")
+                if "/" in key or key.startswith("hydra"):
+                    continue
+                tags[key.lstrip("+~")] = yaml.safe_load(val) if val else val
+        for row in read_jsonl(f):
+            out.rows.append({**row, **{k: _plain(v) for k, v in tags.items()}})
+    return out
+
+
 def _plain(v: Any) -> Any:
     """numpy scalars and other odd types -> JSON-friendly Python values."""
     if hasattr(v, "item") and callable(v.item):

@@ -3,6 +3,7 @@
 lwgpu info                               what this machine offers (CUDA, CuPy, numba, FAISS)
 lwgpu fit data.npy spec.json [--K 100]   fit an RKME to a (n, d) .npy/.csv array, save reference-format JSON
 lwgpu search bank_dir query.json [--k]   exact top-k of a saved SpecBank for a saved spec
+lwgpu collect multirun_dir [--x KEY --metric NAME ...]   one results table (+ plot) from a sweep's jobs
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from ..tracking import collect_runs, plot_metrics
+
+    results = collect_runs(args.sweep_dir)
+    jsonl, csv_path = results.write(args.sweep_dir, stem="results_all")
+    print(f"{len(results.rows)} rows from {args.sweep_dir}: {jsonl}  {csv_path}")
+    if args.x and args.metric:
+        png = plot_metrics(results.rows, args.x, [{"metrics": args.metric, "logx": args.logx}],
+                           Path(args.sweep_dir) / "results_all.png")
+        print(f"plot: {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lwgpu", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--backend", default="auto")
     search.add_argument("--device", default="auto")
     search.set_defaults(func=cmd_search)
+    collect = sub.add_parser("collect", help="merge the results of a multirun sweep (any launcher)")
+    collect.add_argument("sweep_dir", help="the folder a `lwgpu-bench -m ...` run wrote (hydra.sweep.dir)")
+    collect.add_argument("--x", help="swept key to plot against, e.g. market.n_tasks")
+    collect.add_argument("--metric", action="append", help="metric to plot (repeatable), e.g. latency_p50_ms")
+    collect.add_argument("--logx", action="store_true")
+    collect.set_defaults(func=cmd_collect)
     return parser
 
 

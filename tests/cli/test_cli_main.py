@@ -40,3 +40,8 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+def test_collect_without_runs_exits_2(tmp_path, capsys):
+    assert main(["collect", str(tmp_path)]) == 2
+    assert "results.jsonl" in capsys.readouterr().err

@@ -29,3 +29,10 @@ def test_two_job_sweep(launcher, tmp_path):
         assert rows and (tmp_path / job / "summary.png").exists()
         sizes.add(OmegaConf.load(tmp_path / job / "config_resolved.yaml").market.generator.n_tasks)
     assert sizes == {30, 40}
+    if launcher == "joblib":  # merging a sweep's jobs into one table and plot
+        from lwgpu.cli.main import main
+
+        assert main(["collect", str(tmp_path), "--x", "market.n_tasks", "--metric", "top1_accuracy"]) == 0
+        merged = read_jsonl(tmp_path / "results_all.jsonl")
+        assert {r["market.n_tasks"] for r in merged} == {30, 40} and {r["job"] for r in merged} == {"0", "1"}
+        assert (tmp_path / "results_all.png").read_bytes()[:4] == b"\x89PNG"
