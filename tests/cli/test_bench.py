@@ -70,3 +70,16 @@ def test_cfg_job_prints_composed_config(tmp_path):
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "n_tasks: 123" in proc.stdout and "experiment:" in proc.stdout
+
+
+def test_accuracy_tracks_task_overlap(tmp_path):
+    """Ground truth is wired through: separated tasks are found, identical tasks cannot be told apart."""
+    common = ("debug=default", "search=single", "market=synthetic_spec_only", "market.n_tasks=50", "spec.K=16",
+              "market.users.n=10", "market.users.mix_fraction=0.0")
+    easy = run(_compose(*common, "market.generator.separation=20", "market.generator.spread=0.3",
+                        "market.generator.noise=0.3"), tmp_path / "easy")["results"]
+    same = run(_compose(*common, "market.generator.separation=0", "market.generator.spread=0"),
+               tmp_path / "same")["results"]
+    assert easy.value("top1_accuracy", method="exact") == 1.0
+    assert easy.value("recall_at_k", method="index") == 1.0
+    assert same.value("topk_accuracy", method="exact") <= 0.5  # k=5 of 50 identical tasks: ~0.1 expected
