@@ -40,10 +40,10 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def settings_for(factory: str, n: int) -> list[dict]:
+def settings_for(factory: str, n: int, ivf_probes: tuple = (64, 16, 128)) -> list[dict]:
     """Search settings measured per layout (first one = the documented defaults)."""
     if factory.startswith("IVF"):
-        return [{"candidates": 100, "probe": p} for p in (64, 16, 128)]
+        return [{"candidates": 100, "probe": p} for p in ivf_probes]
     if factory.startswith("HNSW"):
         return [{"candidates": 100, "probe": p} for p in (256, 128, 512)]
     return [{"candidates": c, "probe": None} for c in (100, 50, 200)]
@@ -79,7 +79,7 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         index = SpecIndex(bank, factory=factory, embedder=emb, embeddings=vecs, seed=args.seed, device="cpu")
         build_s = time.perf_counter() - t0
-        for st in settings_for(factory, n):
+        for st in settings_for(factory, n, args.ivf_probes):
             index.search(queries.subset(queries.ids[:1]), 10, **st)  # warm-up
             t0 = time.perf_counter()
             _, ids = index.search(queries, 10, **st)
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest N for the HNSW graph build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=str(RESULTS / "index.md"))
+    p.add_argument("--ivf-probes", type=str, default="64,16,128", help="IVF nprobe values measured")
     p.add_argument("--embedders", action="store_true", help="also compare rff/orf/nystroem (candidates needed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.sizes, args.queries = "10000", 50
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.ivf_probes = tuple(int(x) for x in args.ivf_probes.split(","))
     args.factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     args.command = "python -m benchmarks.bench_index " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     args.notes = ""

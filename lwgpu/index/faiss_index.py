@@ -24,7 +24,7 @@ from ..device import faiss_info, resolve_device
 from ..kernels.torch_backend import gaussian_kernel
 from ..search.exact import merge_topk
 from .embed import SpecEmbedder, make_embedder
-from .tuning import DEFAULTS, effective_factory
+from .tuning import DEFAULTS, default_nprobe, effective_factory
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ class SpecIndex:
         gpu = index is not self._cpu and hasattr(faiss, "GpuParameterSpace")
         space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
         if "IVF" in name:
-            space.set_index_parameter(index, "nprobe", int(probe or DEFAULTS["nprobe"]))
+            nlist = faiss.extract_index_ivf(self._cpu).nlist
+            space.set_index_parameter(index, "nprobe", int(probe or default_nprobe(self.ntotal, nlist)))
         elif "HNSW" in name:
             space.set_index_parameter(index, "efSearch", max(int(probe or DEFAULTS["ef_search"]), n_cand))
 

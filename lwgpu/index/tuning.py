@@ -154,10 +154,21 @@ def effective_factory(factory: str, n: int, quiet: bool = False) -> str:
     return re.sub(r"IVF(\d+)", clip, factory)
 
 
+def default_nprobe(n: int, nlist: int) -> int:
+    """IVF nprobe when none is given: ``DEFAULTS["nprobe"]`` per 250,000 specs (at least once), at most nlist.
+
+    Denser markets spread a query's true neighbours over more lists: on the synthetic market,
+    IVF1024 needs nprobe 64 at N = 100,000 but about 256 at N = 1,000,000 for recall@10 >= 0.99.
+    """
+    return int(min(max(1, nlist), DEFAULTS["nprobe"] * max(1, round(n / 250_000))))
+
+
 def default_params(n: int, factory: str = "IVF1024,Flat") -> dict[str, Any]:
     """The documented defaults for a bank of ``n`` specs and a FAISS factory string."""
     p = dict(DEFAULTS)
     p["candidates"] = int(min(p["candidates"], max(n, 1)))
+    m = re.search(r"IVF(\d+)", effective_factory(factory, n, quiet=True))
+    p["nprobe"] = default_nprobe(n, int(m.group(1))) if m else None
     return p
 
 

@@ -165,3 +165,13 @@ def test_tune_finds_a_setting_that_meets_the_target():
     assert best["recall"] >= 0.98 and best["D"] in (32, 128) and len(best["table"]) >= 1
     index = SpecIndex(bank, factory="IVF32,Flat", D=best["D"], candidates=best["candidates"], probe=best["probe"])
     assert recall_at_k(index.search(queries, 10)[1], search_exact(bank, queries, k=10)[1]) >= 0.98
+
+
+def test_default_params_scale_nprobe_with_market_size():
+    from lwgpu.index import default_nprobe, default_params
+
+    assert default_params(20_000)["nprobe"] == DEFAULTS["nprobe"]
+    assert default_params(1_000_000)["nprobe"] == 4 * DEFAULTS["nprobe"]
+    assert default_params(1_000_000, "HNSW32")["nprobe"] is None
+    assert default_nprobe(10_000_000, 512) == 512  # never more than the lists
+    assert default_params(50)["candidates"] == 50
