@@ -137,6 +137,48 @@ def mmd2(
     return cross.mul_(-2.0).add_(sq[:, None]).add_(sb[None, :]).clamp_min_(0.0)
 
 
+def mmd2_rows(
+    queries: Any, bank: Any, positions: Any, backend: str = "auto", device: Any = "auto", **options: Any,
+) -> np.ndarray:
+    """Squared MMD of each query to its own bank rows (re-ranking of index candidates).
+
+    positions: int (Q, C) bank row positions per query; -1 marks an empty slot (distance ``inf``).
+    Returns float64 numpy (Q, C). Each query's rows are gathered (numpy row copies on a CPU) and
+    scanned by the chosen backend, so the cost is that of Q small exact scans.
+    """
+    from ..bank import as_bank
+
+    qbank = as_bank(queries)
+    check_compatible(qbank, bank)
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.ndim != 2 or pos.shape[0] != len(qbank):
+        raise ValueError(f"positions must have shape (Q={len(qbank)}, C), got {pos.shape}")
+    if pos.size and (pos.max() >= len(bank) or pos.min() < -1):
+        raise ValueError(f"positions must lie in [-1, N={len(bank)}); -1 marks an empty slot")
+    dev = resolve_device(device)
+    out = np.full(pos.shape, np.inf)
+    on_cpu = bank.device.type == "cpu"
+    for q in range(len(qbank)):
+        ok = pos[q] >= 0
+        rows = pos[q, ok]
+        if rows.size == 0:
+            continue
+        if on_cpu:
+            z = torch.from_numpy(np.take(bank.z.numpy(), rows, axis=0))
+            b = torch.from_numpy(np.take(bank.beta.numpy(), rows, axis=0))
+        else:
+            idx = torch.as_tensor(rows, device=bank.device)
+            z, b = bank.z.index_select(0, idx), bank.beta.index_select(0, idx)
+        name = pick_backend(backend, dev, bank.dtype)
+        cdt = torch.float32 if name != "torch" else bank.dtype
+        cross = _backend_fn(name)(qbank.z[q : q + 1].to(dev, cdt), qbank.beta[q : q + 1].to(dev, cdt), z, b,
+                                  bank.gamma, **options)[0]
+        sb = bank.self_inner[torch.as_tensor(rows, device=bank.device)].to(dev)
+        dist = (cross.mul_(-2.0).add_(sb).add_(float(qbank.self_inner[q]))).clamp_min_(0.0)
+        out[q, ok] = dist.cpu().numpy()
+    return out
+
+
 def mmd2_pairwise(
     bank_a: Any, bank_b: Any = None, backend: str = "auto", device: Any = "auto", tile: int = 2048,
     **options: Any,
@@ -169,4 +211,4 @@ def mmd2_pairwise(
     return out
 
 
-__all__ = ["mmd2", "mmd2_pairwise", "cross_matrix", "pick_backend", "check_compatible", "BACKENDS"]
+__all__ = ["mmd2", "mmd2_pairwise", "mmd2_rows", "cross_matrix", "pick_backend", "check_compatible", "BACKENDS"]

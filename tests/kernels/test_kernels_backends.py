@@ -147,3 +147,19 @@ def test_pairwise(rng, backend):
     dist, terms = reference_terms(a, a)
     assert rel_err(aa, dist, terms) < 1e-5
     assert torch.equal(aa, aa.T) and torch.all(aa.diagonal() == 0)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_mmd2_rows_matches_full_matrix(rng, backend):
+    from lwgpu.kernels import mmd2_rows
+
+    bank, _ = ragged_bank(rng, 40, 6, 5)
+    q, qs = ragged_bank(rng, 3, 6, 5)
+    dev = device_of(backend)
+    full = mmd2(q, bank, backend=backend, device=dev).cpu().numpy()
+    pos = np.array([[3, 39, -1, 0], [7, 7, 12, -1], [-1, -1, -1, -1]])
+    got = mmd2_rows(qs, bank.to(dev), pos, backend=backend, device=dev)
+    want = np.where(pos >= 0, np.take_along_axis(full, np.maximum(pos, 0), 1), np.inf)
+    assert np.allclose(got, want, atol=1e-6) and np.all(np.isinf(got[pos < 0]))
+    with pytest.raises(ValueError, match="positions"):
+        mmd2_rows(qs, bank, np.array([[40]] * 3), backend=backend, device=dev)
