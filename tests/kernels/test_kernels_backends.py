@@ -13,7 +13,9 @@ from lwgpu_testutil import FIXTURES, random_spec_arrays
 from tests.kernels.kernel_helpers import reference_terms, rel_err
 
 CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
-ALL = [pytest.param(b, id=b) for b in CPU_BACKENDS] + [pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+ALL = [pytest.param(b, id=b) for b in CPU_BACKENDS] + [
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not cupy_available(), reason="needs CuPy")])
+]
 
 
 def device_of(backend):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lwgpu.bank import SpecBank
+from lwgpu.device import cupy_available
 from lwgpu.kernels import cupy_mmd, mmd2
 from lwgpu.spec.rkme import RKME
 from tests.kernels.kernel_helpers import reference_terms, rel_err
@@ -74,6 +75,8 @@ def test_host_preparation_matches_reference(rng, d):
 @pytest.mark.parametrize("d", [1, 16, 33, 64, 65, 300])
 def test_cupy_kernel_matches_reference(rng, acc, d):
     pytest.importorskip("cupy")
+    if not cupy_available():
+        pytest.skip("CuPy sees no GPU")
     bank, _ = ragged_bank(rng, 301, 9, d, scale=0.5)
     q, qs = ragged_bank(rng, 5, 7, d, scale=0.5)
     got = mmd2(qs, bank, backend="cuda", device="cuda", accumulate=acc, tile=97)
