@@ -165,3 +165,14 @@ def test_mmd2_rows_matches_full_matrix(rng, backend):
     assert np.allclose(got, want, atol=1e-6) and np.all(np.isinf(got[pos < 0]))
     with pytest.raises(ValueError, match="positions"):
         mmd2_rows(qs, bank, np.array([[40]] * 3), backend=backend, device=dev)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [2, 64, 300])
+def test_torch_backend_on_gpu(rng, d):
+    bank, _ = ragged_bank(rng, 57, 8, d, scale=0.5)
+    q, qs = ragged_bank(rng, 3, 6, d, scale=0.5)
+    got = mmd2(qs, bank, backend="torch", device="cuda", tile=13)  # CPU bank scanned on the GPU
+    dist, terms = reference_terms(q, bank)
+    assert got.device.type == "cuda" and rel_err(got, dist, terms) < 1e-5
+    assert rel_err(mmd2(qs, bank.to("cuda"), backend="torch", device="cuda"), dist, terms) < 1e-5
