@@ -9,15 +9,20 @@ which is the squared MMD between the reduced and the full empirical embedding, m
 
 Algorithm (defaults match the reference package: K=100, gamma=0.1, k-means init, beta >= 0, sum 1):
 
-1. k-means++ seeding and a few Lloyd iterations on (a subsample of) X give the initial z.
+1. k-means++ seeding (D^2 sampling in blocks) and a few Lloyd iterations on (a subsample of) X; the
+   start is whichever of the centroids and the seeds themselves (data points) gives the lower J with
+   optimal beta: in high dimension relative to the kernel width, centroids embed worse than points.
 2. ``steps`` rounds of: a preconditioned exact-gradient step on z (the gradient of J w.r.t. z_i is
    ``4 gamma beta_i (B_i - A_i)`` with ``B_i = m_i z_i - 1/n sum_j k(z_i,x_j) x_j`` and
    ``A_i = sum_l beta_l k(z_i,z_l)(z_i - z_l)``; the step moves z_i by ``-eta (B_i - A_i) / D_i``,
    ``D_i = max(m_i, (K_zz beta)_i)``, a mean-shift step with repulsion, which also moves
    zero-weight points uphill on the witness function so the QP can re-use them), accepted only if
    J decreases (else eta is halved: backtracking, so J never increases); then beta is re-solved
-   exactly for the new z by the batched simplex QP (:func:`lwgpu.spec.qp.solve_simplex_qp`).
-3. A final QP for beta with ``c = m(z)`` over the full data.
+   for the new z by the batched simplex QP (:func:`lwgpu.spec.qp.solve_simplex_qp`, warm-started).
+3. A final QP for beta (with the exact active-set polish) with ``c = m(z)`` over the full data.
+
+On the CPU, batches whose kernel blocks are small (``small_work``) run on one torch thread: at that
+size the work is per-op overhead and thread synchronisation only slows it down.
 
 For large n the z-steps use a fixed uniform subsample of ``max_points`` rows per dataset; the final
 beta always uses every row. ``step_size=`` (with e.g. ``steps=3``) selects the reference package's
@@ -49,7 +54,7 @@ __all__ = ["fit_many", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
 #: Rounds of (z step, beta QP) when ``steps=None``.
 DEFAULT_STEPS = 10
 #: Rows per dataset used for the z-steps (all rows when n is smaller); the final beta uses all rows.
-DEFAULT_MAX_POINTS = 8192
+DEFAULT_MAX_POINTS = 2048
 
 _OPTIONS = {
     "step_size": None,  # float: reference-style fixed-size gradient steps
@@ -280,7 +285,7 @@ def fit_many(
         NaN/Inf are refused, or replaced by column means (as the reference package does).
     **options
         ``step_size`` (reference scheme: fixed-size exact-gradient steps), ``max_points`` (rows per
-        dataset for the z-steps, default 8192), ``kmeans_iters``, ``qp_iters``, ``final_qp_iters``,
+        dataset for the z-steps, default 2048), ``kmeans_iters``, ``qp_iters``, ``final_qp_iters``,
         ``batch_memory`` (bytes), ``chunk_rows``, ``progress`` (bool), ``min_eta``, ``max_eta``,
         ``small_work`` (CPU batches below this many kernel entries x (d + 8) run on one torch thread,
         because at that size thread synchronisation costs more than it saves).
