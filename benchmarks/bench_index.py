@@ -141,8 +141,8 @@ def write_markdown(rows: list[dict], args: argparse.Namespace, path: Path) -> No
         "batched in one call for both paths.",
         f"- Embedding: {args.embedder.upper()} features, D={args.D}; FAISS candidates re-ranked by the exact "
         "squared MMD; recall@10 against `lwgpu.search.search_exact` on the same bank (exact top-10 ids).",
-        "- `probe` is IVF nprobe / HNSW efSearch. First row per layout = documented defaults "
-        "(candidates 100, nprobe 64, efSearch 256).",
+        "- `probe` is IVF nprobe / HNSW efSearch. Documented defaults: candidates 100, efSearch 256, "
+        "nprobe 64 per 125,000 specs (`lwgpu.index.default_nprobe`).",
         "",
         "| N | layout | candidates | probe | recall@10 | index q/s | exact q/s | speedup | embed s | build s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",

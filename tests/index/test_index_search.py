@@ -171,7 +171,7 @@ def test_default_params_scale_nprobe_with_market_size():
     from lwgpu.index import default_nprobe, default_params
 
     assert default_params(20_000)["nprobe"] == DEFAULTS["nprobe"]
-    assert default_params(1_000_000)["nprobe"] == 4 * DEFAULTS["nprobe"]
+    assert default_params(1_000_000)["nprobe"] == 8 * DEFAULTS["nprobe"]
     assert default_params(1_000_000, "HNSW32")["nprobe"] is None
     assert default_nprobe(10_000_000, 512) == 512  # never more than the lists
     assert default_params(50)["candidates"] == 50
