@@ -210,3 +210,9 @@ def test_gpu_fit_matches_cpu_within_float32_tolerance():
         xx = mean_gram(x)
         ra, rb = fast_residual(a, x, xx), fast_residual(b.to("cpu"), x, xx)
         assert abs(ra - rb) <= 0.05 * ra + 1e-7
+
+
+def test_fit_leaves_torch_thread_count_alone():
+    before = torch.get_num_threads()
+    RKME.fit(mixture(np.random.default_rng(10), 300, 3), K=10, device="cpu")
+    assert torch.get_num_threads() == before
