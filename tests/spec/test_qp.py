@@ -150,3 +150,19 @@ def test_bad_inputs():
         solve_simplex_qp(G, torch.ones(1, 3), mask=torch.zeros(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="backend"):
         solve_simplex_qp(G, torch.ones(1, 3), backend="fortran")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_singular_gram_from_duplicate_candidates(backend):
+    """Identical candidates (singular G, non-unique x) still give an optimal feasible x."""
+    G = torch.ones(2, 4, 4, dtype=torch.float64)
+    G[1] = torch.tensor([[1, 1, 0.5, 0.5], [1, 1, 0.5, 0.5], [0.5, 0.5, 1, 1], [0.5, 0.5, 1, 1]], dtype=torch.float64)
+    c = torch.tensor([[1.0, 1, 1, 1], [0.5, 0.2, 0.5, 0.1]], dtype=torch.float64)
+    for iters in (5, 2000):
+        x = solve_simplex_qp(G, c, iters=iters, backend=backend)
+        assert torch.isfinite(x).all() and (x >= 0).all()
+        torch.testing.assert_close(x.sum(-1), torch.ones(2, dtype=torch.float64))
+        assert float(frank_wolfe_gap(G, c, x).max()) < 1e-10
+        # optima: f = 0.5 - 1 for any x in the first; x = (1/2, 0, 1/2, 0), f = -1/8 in the second
+        f = simplex_qp_objective(G, c, x)
+        torch.testing.assert_close(f, torch.tensor([-0.5, -0.125], dtype=torch.float64), atol=1e-12, rtol=0)
