@@ -56,7 +56,7 @@ def test_default_index_reaches_recall_099_on_20000_specs(market):
     np.testing.assert_allclose(dists[same], ed[same], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,PQ8x4"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,PQ8x4", "IVF16,SQ8"])
 def test_other_factories_search_exactly_on_candidates(factory):
     bank, queries = _small()
     _, ei = search_exact(bank, queries, k=5)
