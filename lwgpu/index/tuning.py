@@ -136,7 +136,7 @@ def _draw_points(rng: np.random.Generator, centres: np.ndarray, K: int, scale: f
 
 
 # ---------------------------------------------------------------------- parameters
-#: Documented defaults (docs/index.md), measured on the synthetic market of :func:`synthetic_spec_arrays`.
+#: Documented defaults (README, "Indexed search"), measured on the synthetic market of :func:`synthetic_spec_arrays`.
 DEFAULTS: dict[str, Any] = {"embedder": "orf", "D": 512, "candidates": 100, "nprobe": 64, "ef_search": 256}
 
 
