@@ -1,7 +1,7 @@
 """Indexed search (SpecIndex: FAISS candidates + exact re-ranking) vs exact search, same bank, same process.
 
 For each market size N: a synthetic spec market is made directly as arrays
-(``lwgpu.index.synthetic_spec_arrays``: clusters of tasks, one spec per task, users drawn from a
+(``lwgpu.data.clustered.synthetic_spec_arrays``: clusters of tasks, one spec per task, users drawn from a
 task), exact top-10 by ``lwgpu.search.search_exact`` is the ground truth and the baseline's time,
 and each FAISS layout (Flat, IVF, HNSW) is measured at a few search settings: recall@10 and
 queries/s, both paths batched over the same Q queries. The ORF embedding of the bank is computed
@@ -51,7 +51,8 @@ def settings_for(factory: str, n: int, ivf_probes: tuple = (64, 16, 128)) -> lis
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     from lwgpu.bank import SpecBank
-    from lwgpu.index import SpecIndex, make_embedder, recall_at_k, synthetic_spec_arrays
+    from lwgpu.data.clustered import synthetic_spec_arrays
+    from lwgpu.index import SpecIndex, make_embedder, recall_at_k
     from lwgpu.search import search_exact
 
     t0 = time.perf_counter()
@@ -105,7 +106,8 @@ def compare_embedders(args: argparse.Namespace) -> str:
     queries of the rank (in embedding distance) of the worst-ranked exact top-10 spec.
     """
     from lwgpu.bank import SpecBank
-    from lwgpu.index import make_embedder, synthetic_spec_arrays
+    from lwgpu.data.clustered import synthetic_spec_arrays
+    from lwgpu.index import make_embedder
     from lwgpu.kernels import mmd2
 
     lines = ["", "## Embedders: candidates needed to hold the exact top-10 (N = 10,000, Q = 100)", "",

@@ -13,9 +13,9 @@ from .tuning import (
     default_params,
     evaluate_index,
     recall_at_k,
-    synthetic_spec_arrays,
     tune,
 )
+from ..data.clustered import synthetic_spec_arrays  # the market the defaults are tuned on
 
 __all__ = [
     "DEFAULTS",

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lwgpu.bank import SpecBank
-from lwgpu.index import DEFAULTS, SpecIndex, effective_factory, recall_at_k, synthetic_spec_arrays, tune
+from lwgpu.data.clustered import synthetic_spec_arrays
+from lwgpu.index import DEFAULTS, SpecIndex, effective_factory, recall_at_k, tune
 from lwgpu.index.embed import RandomFourierFeatures
 from lwgpu.kernels import reference
 from lwgpu.search import search_exact
