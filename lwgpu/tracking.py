@@ -176,6 +176,17 @@ def _plain(v: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- plots
+
+def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders made as needed), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def plot_metrics(
     rows: Iterable[Mapping[str, Any]],
     x: str,
@@ -220,11 +231,7 @@ def plot_metrics(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_bars(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, title: str = "",
@@ -244,11 +251,7 @@ def plot_bars(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, title:
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_latency(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, title: str = "",
@@ -279,11 +282,7 @@ def plot_latency(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, tit
     ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- loggers
