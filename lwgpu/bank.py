@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device, resolve_dtype
-from .spec.validation import check_gamma
+from .spec.validation import check_gamma, same_gamma
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class SpecBank:
         for i, s in enumerate(specs):
             if not all(hasattr(s, a) for a in ("z", "beta", "gamma")):
                 raise ValueError(f"spec {i} is a {type(s).__name__}, not an RKME (needs z, beta, gamma)")
-            if not math.isclose(float(s.gamma), float(gamma), rel_tol=1e-9, abs_tol=0.0):
+            if not same_gamma(s.gamma, gamma):
                 raise ValueError(
                     f"spec {i} has gamma={s.gamma} but the bank uses gamma={gamma}; a bank holds one kernel, "
                     "refit the spec with the bank's gamma"

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..device import faiss_info, resolve_device
-from ..kernels.torch_backend import gaussian_kernel
 from ..search.exact import merge_topk
+from ..spec.validation import same_gamma
 from .embed import SpecEmbedder, make_embedder
 from .tuning import DEFAULTS, default_nprobe, effective_factory
 
@@ -212,7 +212,7 @@ class SpecIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1; got {k}")
         qb = as_bank(query)
-        if qb.d != self.bank.d or not math.isclose(qb.gamma, self.bank.gamma, rel_tol=1e-9):
+        if qb.d != self.bank.d or not same_gamma(qb.gamma, self.bank.gamma):
             raise ValueError(
                 f"queries have d={qb.d}, gamma={qb.gamma} but the bank holds d={self.bank.d}, gamma={self.bank.gamma}"
             )
@@ -373,7 +373,7 @@ class SpecIndex:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta["d"] != bank.d or not math.isclose(meta["gamma"], bank.gamma, rel_tol=1e-9):
+        if meta["d"] != bank.d or not same_gamma(meta["gamma"], bank.gamma):
             raise ValueError(f"index was built for d={meta['d']}, gamma={meta['gamma']}; the bank has d={bank.d}, "
                              f"gamma={bank.gamma}")
         obj = cls.__new__(cls)

@@ -11,13 +11,13 @@ on the CPU, ``numba`` when numba is available (and the bank is float32), else ``
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..device import cupy_available, numba_available, resolve_device
+from ..spec.validation import check_same_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,7 @@ def pick_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.
 
 def check_compatible(queries: Any, bank: Any) -> None:
     """ValueError unless queries and bank share d and gamma."""
-    if queries.d != bank.d:
-        raise ValueError(f"dimension mismatch: the queries have d={queries.d} but the bank holds d={bank.d}")
-    if not math.isclose(queries.gamma, bank.gamma, rel_tol=1e-9, abs_tol=0.0):
-        raise ValueError(
-            f"gamma mismatch: the queries use gamma={queries.gamma} but the bank gamma={bank.gamma}; "
-            "specs are only comparable under the same kernel"
-        )
+    check_same_kernel(queries.d, queries.gamma, bank.d, bank.gamma, "the queries", "the bank")
 
 
 def _backend_fn(name: str):

@@ -5,13 +5,14 @@ repaired against the database's ids (reading only the spec files of missing ids)
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from ..spec.validation import same_gamma
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class BankSet:
                 continue
             try:
                 bank = SpecBank.load(p, mmap=False, device=self.device)
-                if not math.isclose(bank.gamma, self.gamma, rel_tol=1e-9):
+                if not same_gamma(bank.gamma, self.gamma):
                     raise ValueError(f"bank gamma {bank.gamma} != market gamma {self.gamma}")
                 self.banks[bank.d] = bank
             except (ValueError, OSError, KeyError) as exc:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..spec.semantic import validate_semantic_spec
+from ..spec.validation import same_gamma
 from .learnware import ModelAdapter, load_model
 from .package import Manifest, read_manifest
 
@@ -117,7 +118,7 @@ def check_rkme(path: Path, semantic: dict[str, Any], gamma: float) -> Any:
     if spec.d != semantic["input_dim"]:
         raise SubmissionError("rkme", f"the RKME has dimension {spec.d} but the semantic spec declares input_dim="
                                       f"{semantic['input_dim']}")
-    if not math.isclose(spec.gamma, gamma, rel_tol=1e-9):
+    if not same_gamma(spec.gamma, gamma):
         raise SubmissionError("rkme", f"the RKME uses gamma={spec.gamma} but this market uses gamma={gamma}; "
                                       "refit the spec with the market's gamma")
     if not math.isfinite(spec.self_inner) or float(np.clip(beta, 0, None).sum()) <= 0:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from ..search.results import SearchResult
 from ..search.semantic_filter import filter_semantic
 from ..search.statistical import statistical_search
 from ..spec.semantic import validate_semantic_spec
+from ..spec.validation import same_gamma
 from .checks import SubmissionError, run_checks
 from .learnware import Learnware
 from .banks import BankSet
@@ -86,7 +86,7 @@ class Market:
             self.store.set_meta("gamma", repr(self.gamma))
         else:
             self.gamma = float(stored)
-            if gamma is not None and not math.isclose(float(gamma), self.gamma, rel_tol=1e-9):
+            if gamma is not None and not same_gamma(gamma, self.gamma):
                 raise ValueError(f"this market was created with gamma={self.gamma}; it cannot be opened with "
                                  f"gamma={gamma} (omit gamma to use the stored one)")
         self.device = resolve_device(device)
@@ -333,7 +333,7 @@ class Market:
         mixture, max_mixture, method : mixture search on/off, at most ``max_mixture`` learnwares chosen
             among the ``max_mixture**2`` nearest, ``"greedy"`` or ``"auto"`` (one-shot QP).
         """
-        if not math.isclose(float(rkme.gamma), self.gamma, rel_tol=1e-9):
+        if not same_gamma(rkme.gamma, self.gamma):
             raise ValueError(f"the user spec has gamma={rkme.gamma} but this market uses gamma={self.gamma}; "
                              "fit it with the market's gamma")
         with self._lock.read():

@@ -10,12 +10,12 @@ The top candidates' distances are recomputed in float64.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..spec.validation import check_same_kernel
 from .mixture import cross_and_self, gram_and_cross, mixture_auto, mixture_greedy
 from .results import MixtureItem, SearchResult, SingleItem
 from .scores import dist_to_score
@@ -26,10 +26,7 @@ METHODS = ("greedy", "auto")
 
 
 def _check_query(bank: Any, query: Any) -> None:
-    if query.d != bank.d:
-        raise ValueError(f"the query spec has d={query.d} but the market's specs have d={bank.d}")
-    if not math.isclose(float(query.gamma), float(bank.gamma), rel_tol=1e-9):
-        raise ValueError(f"the query spec has gamma={query.gamma} but the market uses gamma={bank.gamma}; refit it")
+    check_same_kernel(query.d, query.gamma, bank.d, bank.gamma, "the query spec", "the market's specs")
 
 
 def _all_dists(bank: Any, query: Any, device: Any) -> np.ndarray:

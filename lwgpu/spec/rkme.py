@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from ..device import resolve_device, resolve_dtype
 from ..kernels.torch_backend import gaussian_kernel, weighted_kernel_sum
-from .validation import as_matrix, check_gamma, check_K
+from .validation import as_matrix, check_gamma, check_same_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +108,7 @@ class RKME:
     def _check_compatible(self, other: "RKME") -> None:
         if not isinstance(other, RKME):
             raise ValueError(f"expected an RKME, got {type(other).__name__}")
-        if other.d != self.d:
-            raise ValueError(f"dimension mismatch: this spec has d={self.d}, the other d={other.d}")
-        if not math.isclose(other.gamma, self.gamma, rel_tol=1e-9, abs_tol=0.0):
-            raise ValueError(
-                f"gamma mismatch: this spec has gamma={self.gamma}, the other gamma={other.gamma}; "
-                "specs are only comparable under the same kernel"
-            )
+        check_same_kernel(self.d, self.gamma, other.d, other.gamma)
 
     def inner(self, other: "RKME") -> float:
         """RKHS inner product ``<A, B> = sum_ij beta^A_i beta^B_j k(z^A_i, z^B_j)``."""

@@ -1,6 +1,7 @@
 """Input checks shared by every spec entry point: one place that turns user data into a clean tensor."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,27 @@ def check_K(K: int) -> int:
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
         raise ValueError(f"K (number of reduced points) must be an integer >= 1, got {K!r}")
     return int(K)
+
+
+#: Relative tolerance under which two kernel bandwidths count as the same kernel, everywhere in lwgpu.
+GAMMA_RTOL = 1e-9
+
+
+def same_gamma(a: float, b: float) -> bool:
+    """True when two bandwidths define the same Gaussian kernel (equal to :data:`GAMMA_RTOL`)."""
+    return math.isclose(float(a), float(b), rel_tol=GAMMA_RTOL, abs_tol=0.0)
+
+
+def check_same_kernel(d_a: int, gamma_a: float, d_b: int, gamma_b: float,
+                      a: str = "this spec", b: str = "the other") -> None:
+    """ValueError unless two sets of specs share the input dimension and the kernel bandwidth.
+
+    ``a`` and ``b`` name the two sides in the message (e.g. "the query", "the bank").
+    """
+    if int(d_a) != int(d_b):
+        raise ValueError(f"dimension mismatch: {a} has d={d_a} but {b} has d={d_b}")
+    if not same_gamma(gamma_a, gamma_b):
+        raise ValueError(
+            f"gamma mismatch: {a} has gamma={gamma_a} but {b} has gamma={gamma_b}; "
+            "specs are only comparable under the same kernel: refit with one gamma"
+        )

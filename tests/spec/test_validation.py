@@ -35,3 +35,14 @@ def test_bad_K(K):
 def test_bad_gamma(gamma):
     with pytest.raises(ValueError, match="gamma"):
         check_gamma(gamma)
+
+
+def test_same_kernel_check_names_both_sides():
+    from lwgpu.spec.validation import check_same_kernel, same_gamma
+
+    assert same_gamma(0.1, 0.1 * (1 + 1e-12)) and not same_gamma(0.1, 0.1001)
+    check_same_kernel(3, 0.1, 3, 0.1)
+    with pytest.raises(ValueError, match="dimension mismatch: the query has d=3 but the bank has d=4"):
+        check_same_kernel(3, 0.1, 4, 0.1, "the query", "the bank")
+    with pytest.raises(ValueError, match="gamma mismatch: the query has gamma=0.1 but the bank has gamma=0.2"):
+        check_same_kernel(3, 0.1, 3, 0.2, "the query", "the bank")
