@@ -11,16 +11,37 @@ from numba import njit
 
 
 @njit(cache=True)
+def _project_into(v: np.ndarray, out: np.ndarray) -> None:
+    """out <- Euclidean projection of v onto the simplex (Michelot: exact, no sort).
+
+    theta starts at (sum(v) - 1) / M and is recomputed over the entries above it until that set
+    stops shrinking (a few O(M) passes); then out = max(v - theta, 0)."""
+    M = v.shape[0]
+    s = 0.0
+    for i in range(M):
+        s += v[i]
+    count = M
+    theta = (s - 1.0) / M
+    while True:
+        s = 0.0
+        c = 0
+        for i in range(M):
+            if v[i] > theta:
+                s += v[i]
+                c += 1
+        if c == count or c == 0:
+            break
+        count = c
+        theta = (s - 1.0) / c
+    for i in range(M):
+        out[i] = max(v[i] - theta, 0.0)
+
+
+@njit(cache=True)
 def _project(v: np.ndarray) -> np.ndarray:
-    u = np.sort(v)[::-1]
-    css = 0.0
-    theta = 0.0
-    for j in range(u.shape[0]):
-        css += u[j]
-        t = (css - 1.0) / (j + 1)
-        if u[j] - t > 0:
-            theta = t
-    return np.maximum(v - theta, 0.0)
+    out = np.empty_like(v)
+    _project_into(v, out)
+    return out
 
 
 @njit(cache=True)
@@ -119,29 +140,51 @@ def _active_set(G: np.ndarray, c: np.ndarray, x: np.ndarray, tol: float) -> np.n
     return x / np.sum(x)
 
 
+@njit(cache=True, fastmath=True)
+def _matvec_into(G: np.ndarray, y: np.ndarray, c: np.ndarray, out: np.ndarray) -> None:
+    """out <- G y - c."""
+    M = y.shape[0]
+    for i in range(M):
+        acc = 0.0
+        for k in range(M):
+            acc += G[i, k] * y[k]
+        out[i] = acc - c[i]
+
+
 @njit(cache=True)
 def _solve_one(G, c, x0, iters, tol, check_every, polish):
     thresh = tol * (1.0 + np.max(np.abs(c)))
     L = _lipschitz(G)
+    M = c.shape[0]
     x = _project(x0)
     start = x.copy()
     y = x.copy()
+    xn = np.empty(M)
+    g = np.empty(M)
     t = 1.0
     converged = False
     for it in range(1, iters + 1):
-        g = G @ y - c
-        xn = _project(y - g / L)
-        if (y - xn) @ (xn - x) > 0:
+        _matvec_into(G, y, c, g)
+        for i in range(M):
+            g[i] = y[i] - g[i] / L
+        _project_into(g, xn)
+        mom = 0.0
+        for i in range(M):
+            mom += (y[i] - xn[i]) * (xn[i] - x[i])
+        if mom > 0:  # adaptive restart: momentum points uphill
             t = 1.0
-            y = xn
+            for i in range(M):
+                y[i] = xn[i]
         else:
             tn = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
-            y = xn + ((t - 1.0) / tn) * (xn - x)
+            w = (t - 1.0) / tn
+            for i in range(M):
+                y[i] = xn[i] + w * (xn[i] - x[i])
             t = tn
-        x = xn
+        x, xn = xn, x
         if it % check_every == 0:
-            gx = G @ x - c
-            if x @ gx - np.min(gx) <= thresh:
+            _matvec_into(G, x, c, g)
+            if x @ g - np.min(g) <= thresh:
                 converged = True
                 break
     if polish and not converged:

@@ -1,4 +1,4 @@
-"""Fitting RKME specifications: many datasets at once, in padded batches on the device.
+"""Fitting RKME specifications: many datasets at once, on the CPU or in padded batches on a GPU.
 
 Objective (DESIGN.md section 2): for data x_1..x_n, minimise over z (K, d) and beta on the simplex
 
@@ -21,8 +21,14 @@ Algorithm (defaults match the reference package: K=100, gamma=0.1, k-means init,
    for the new z by the batched simplex QP (:func:`lwgpu.spec.qp.solve_simplex_qp`, warm-started).
 3. A final QP for beta (with the exact active-set polish) with ``c = m(z)`` over the full data.
 
-On the CPU, batches whose kernel blocks are small (``small_work``) run on one torch thread: at that
-size the work is per-op overhead and thread synchronisation only slows it down.
+Two engines run this same algorithm on the same random draws (``engine="auto"`` picks):
+
+- ``"numba"`` (the CPU default): the whole fit of one dataset in one compiled kernel
+  (:mod:`lwgpu.spec._fit_numba`): per round two single-threaded BLAS products, one pass of a
+  vectorised exponential and one QP. A market's specs (n ~ 10^3, K = 100) take a few milliseconds each.
+- ``"torch"`` (any device, the GPU default): datasets in padded batches of (B, n, d) tensors; on a GPU
+  one batch fits hundreds of datasets at once. On the CPU it is bound by per-op overhead, and batches
+  whose kernel blocks are small (``small_work``) run on one torch thread.
 
 For large n the z-steps use a fixed uniform subsample of ``max_points`` rows per dataset; the final
 beta always uses every row. ``step_size=`` (with e.g. ``steps=3``) selects the reference package's
@@ -41,9 +47,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..device import resolve_device, resolve_dtype
+from ..device import numba_available, resolve_device, resolve_dtype
 from ..kernels.torch_backend import sqdist
-from .kmeans import kmeans_pp_init, lloyd
+from .kmeans import _uniforms_rows, kmeans_pp_init, lloyd
 from .qp import solve_simplex_qp
 from .validation import as_matrix, check_gamma, check_K
 
@@ -51,17 +57,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["fit_many", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
 
-#: Rounds of (z step, beta QP) when ``steps=None``.
-DEFAULT_STEPS = 10
+#: Rounds of (z step, beta QP) when ``steps=None``: as many as the reference package takes, each a
+#: better step (residual 0.2-0.35x the reference's, see benchmarks/RESULTS.md); 10-30 lowers it further.
+DEFAULT_STEPS = 3
 #: Rows per dataset used for the z-steps (all rows when n is smaller); the final beta uses all rows.
 DEFAULT_MAX_POINTS = 2048
 
 _OPTIONS = {
     "step_size": None,  # float: reference-style fixed-size gradient steps
     "max_points": DEFAULT_MAX_POINTS,
-    "kmeans_iters": 5,
+    "kmeans_iters": 2,
     "kmeans_rounds": 10,  # blocks of D^2 sampling in the k-means++ seeding (None: classic)
-    "qp_iters": 300,  # per-round QP iterations (warm-started)
+    "qp_iters": 50,  # per-round QP iterations (warm-started; z moves again next round)
     "final_qp_iters": 3000,
     "batch_memory": 2**28,  # bytes of kernel blocks per batch
     "chunk_rows": 65536,  # rows per tile in the full-data pass
@@ -69,6 +76,7 @@ _OPTIONS = {
     "min_eta": 1.0 / 1024,
     "max_eta": 2.0,
     "small_work": 1 << 27,  # CPU batches with fewer kernel-block entries x d run on one torch thread
+    "engine": "auto",  # "numba": one fused kernel per dataset (CPU); "torch": padded batches; auto: numba on CPU
 }
 
 
@@ -209,6 +217,56 @@ def _full_mean_kernel(z: torch.Tensor, x: torch.Tensor, gamma: float, chunk: int
     return (acc / x.shape[0]).to(z.dtype)
 
 
+def _draw(x: torch.Tensor, K: int, seed: int, opts: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """A dataset's random draws: its z-step rows (a uniform subsample when n > max_points) and the
+    seed of its k-means++ draws, both from a generator seeded with the dataset's own seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    S = max(min(x.shape[0], int(opts["max_points"])), K)
+    if S < x.shape[0]:
+        x = x[torch.randperm(x.shape[0], generator=g)[:S].sort().values.to(x.device)]
+    return x, int(torch.randint(0, 2**62, (1,), generator=g))
+
+
+_BLAS_CONTROLLER = None
+
+
+def _single_thread_blas():
+    """A context capping the BLAS libraries (the one numba calls included) at one thread.
+
+    The fused kernel's products are small: multi-threaded BLAS only wakes pools of threads that then
+    spin against torch's and numpy's own pools on the same cores (10x slower on 2 cores)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        import scipy.linalg.cython_blas  # noqa: F401, PLC0415 - the BLAS numba links against
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _fit_one_numba(x: torch.Tensor, K: int, gamma: float, steps: int, seed: int,
+                   opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit one centred CPU dataset x (n, d) with the fused numba kernel: (z (K, d), beta (K,))."""
+    from ._fit_numba import fit_one  # noqa: PLC0415 - compiled lazily
+
+    sub, kseed = _draw(x, K, seed, opts)
+    rounds = opts["kmeans_rounds"]
+    R = K - 1 if rounds is None else max(1, min(int(rounds), K - 1))
+    per = [1] + ([len(a) for a in torch.arange(K - 1).tensor_split(R)] if K > 1 else [])
+    u = _uniforms_rows([kseed], [sub.shape[0]], len(per), sub.shape[0])[0].numpy()
+    np_dt = np.float32 if x.dtype == torch.float32 else np.float64
+    X = np.ascontiguousarray(sub.numpy(), dtype=np_dt)
+    Xfull = X if sub is x else np.ascontiguousarray(x.numpy(), dtype=np_dt)
+    step_size = opts["step_size"]
+    z, beta = fit_one(
+        X, Xfull, np_dt(gamma), int(steps), np.ascontiguousarray(u), np.asarray(per, dtype=np.int64),
+        int(opts["kmeans_iters"]), int(opts["qp_iters"]), int(opts["final_qp_iters"]),
+        1e-7 if np_dt is np.float32 else 1e-12, -1.0 if step_size is None else float(step_size),
+        float(opts["min_eta"]), float(opts["max_eta"]), int(opts["chunk_rows"]),
+    )
+    return torch.from_numpy(z), torch.from_numpy(beta).to(x.dtype)
+
+
 def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: list[int],
                opts: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fit one batch of centred datasets with the same d and K: returns [(z (K,d), beta (K,))]."""
@@ -216,14 +274,9 @@ def _fit_batch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: 
     B, d = len(xs), xs[0].shape[1]
     subs, gens = [], []
     for x, s in zip(xs, seeds):
-        g = torch.Generator().manual_seed(int(s))
-        S = max(min(x.shape[0], int(opts["max_points"])), K)
-        if S < x.shape[0]:
-            idx = torch.randperm(x.shape[0], generator=g)[:S].sort().values.to(dev)
-            subs.append(x[idx])
-        else:
-            subs.append(x)
-        gens.append(int(torch.randint(0, 2**62, (1,), generator=g)))
+        sub, kseed = _draw(x, K, s, opts)
+        subs.append(sub)
+        gens.append(kseed)
     S_max = max(s.shape[0] for s in subs)
     Xs = torch.zeros(B, S_max, d, dtype=dt, device=dev)
     mask = torch.zeros(B, S_max, dtype=torch.bool, device=dev)
@@ -288,7 +341,8 @@ def fit_many(
         dataset for the z-steps, default 2048), ``kmeans_iters``, ``qp_iters``, ``final_qp_iters``,
         ``batch_memory`` (bytes), ``chunk_rows``, ``progress`` (bool), ``min_eta``, ``max_eta``,
         ``small_work`` (CPU batches below this many kernel entries x (d + 8) run on one torch thread,
-        because at that size thread synchronisation costs more than it saves).
+        because at that size thread synchronisation costs more than it saves), ``engine``
+        (``"auto"``: ``"numba"`` on the CPU, ``"torch"`` elsewhere; see the module docstring).
 
     Returns
     -------
@@ -318,20 +372,70 @@ def fit_many(
     dt = resolve_dtype(dtype)
     seeds = _seeds(seed, len(datasets))
 
+    engine = _resolve_engine(opts["engine"], dev)
+    show = opts["progress"] if opts["progress"] is not None else len(datasets) >= 8
+    from tqdm.auto import tqdm
+
+    # the numba engine works one dataset at a time on one core: torch's own preparation runs on
+    # one thread too, so that no idle torch worker spins against the kernel on the other core
+    with _cpu_threads(1) if engine == "numba" else contextlib.nullcontext():
+        xs, mus = _centred(datasets, nan_policy, dt)
+        with tqdm(total=len(datasets), desc="fit RKME", unit="spec", disable=not show) as bar:
+            if engine == "numba":
+                fitted = _fit_all_numba(xs, K, gamma, steps, seeds, opts, bar)
+            else:
+                fitted = _fit_all_torch(xs, K, gamma, steps, seeds, opts, dev, bar)
+    results = []
+    for i, (z, beta) in enumerate(fitted):
+        z = (z.to(torch.float64) + mus[i].to(z.device)).to(dt)
+        results.append(RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev))
+    logger.info("fitted %d RKME specs (K=%d, gamma=%g, steps=%d) with the %s engine on %s",
+                len(datasets), K, gamma, steps, engine, dev)
+    return results
+
+
+def _resolve_engine(engine: str, dev: torch.device) -> str:
+    """'numba' (one fused kernel per dataset, CPU) or 'torch' (padded batches, any device)."""
+    if engine not in ("auto", "numba", "torch"):
+        raise ValueError(f"unknown fit engine {engine!r}: use 'auto', 'numba' or 'torch'")
+    if engine == "numba" and (dev.type != "cpu" or not numba_available()):
+        raise ValueError("engine='numba' needs device='cpu' and numba installed; use engine='torch' otherwise")
+    if engine == "auto":
+        return "numba" if dev.type == "cpu" and numba_available() else "torch"
+    return engine
+
+
+def _centred(datasets: list, nan_policy: str, dt: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Validated datasets centred on the host (float32 distances stay accurate far from the origin):
+    ([x - mean (n, d) in dt], [mean (d,) float64])."""
     xs, mus = [], []
     for i, X in enumerate(datasets):
         name = "X" if len(datasets) == 1 else f"datasets[{i}]"
-        # validated and centred on the host (float32 distances stay accurate far from the origin);
-        # each batch moves to the device only when it is fitted
         x = as_matrix(X, name=name, nan_policy=nan_policy, dtype=torch.float64, device="cpu")
         mu = x.mean(0)
         xs.append((x - mu).to(dt))
         mus.append(mu)
+    return xs, mus
 
+
+def _fit_all_numba(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: list[int],
+                   opts: dict[str, Any], bar) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every dataset through the fused CPU kernel, one at a time: [(z (K, d), beta (K,))]."""
+    out = []
+    with _single_thread_blas():
+        for x, seed in zip(xs, seeds):
+            out.append(_fit_one_numba(x, effective_K(K, x.shape[0]), gamma, steps, seed, opts))
+            bar.update(1)
+    return out
+
+
+def _fit_all_torch(xs: list[torch.Tensor], K: int, gamma: float, steps: int, seeds: list[int],
+                   opts: dict[str, Any], dev: torch.device, bar) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Datasets grouped by (d, K) into padded batches under ``batch_memory``: [(z (K, d), beta (K,))]."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(xs):
         groups.setdefault((x.shape[1], effective_K(K, x.shape[0])), []).append(i)
-    itemsize = torch.finfo(dt).bits // 8
+    itemsize = torch.finfo(xs[0].dtype).bits // 8
     batches = []
     for (d, Kg), idx in groups.items():
         idx.sort(key=lambda i: xs[i].shape[0])
@@ -344,21 +448,14 @@ def fit_many(
                 cur = []
             cur.append(i)
         batches.append((Kg, cur))
-
-    show = opts["progress"] if opts["progress"] is not None else len(datasets) >= 8
-    from tqdm.auto import tqdm
-
-    results: list[Any] = [None] * len(datasets)
-    with tqdm(total=len(datasets), desc="fit RKME", unit="spec", disable=not show) as bar:
-        for Kg, idx in batches:
-            work = sum(max(min(xs[i].shape[0], int(opts["max_points"])), Kg) * Kg * (xs[i].shape[1] + 8) for i in idx)
-            small = dev.type == "cpu" and work < opts["small_work"]
-            with _cpu_threads(1 if small else None):
-                fitted = _fit_batch([xs[i].to(dev) for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
-            for i, (z, beta) in zip(idx, fitted):
-                z = (z.to(torch.float64) + mus[i].to(dev)).to(dt)
-                results[i] = RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev)
-            bar.update(len(idx))
-    logger.info("fitted %d RKME specs (K=%d, gamma=%g, steps=%d) in %d batches on %s",
-                len(datasets), K, gamma, steps, len(batches), dev)
-    return results
+    out: list[Any] = [None] * len(xs)
+    for Kg, idx in batches:
+        work = sum(max(min(xs[i].shape[0], int(opts["max_points"])), Kg) * Kg * (xs[i].shape[1] + 8) for i in idx)
+        small = dev.type == "cpu" and work < opts["small_work"]
+        with _cpu_threads(1 if small else None):
+            fitted = _fit_batch([xs[i].to(dev) for i in idx], Kg, gamma, steps, [seeds[i] for i in idx], opts)
+        for i, zb in zip(idx, fitted):
+            out[i] = zb
+        bar.update(len(idx))
+    logger.debug("torch engine: %d datasets in %d batches", len(xs), len(batches))
+    return out

@@ -1,5 +1,6 @@
 """RKME fitting: quality against a random subsample (float64 brute force), monotone steps,
-batched == one at a time, k-means determinism, bad inputs."""
+batched == one at a time, both engines (fused numba kernel, torch batches) agreeing, k-means
+determinism, bad inputs."""
 import numpy as np
 import pytest
 import torch
@@ -49,8 +50,12 @@ CASES = [
 ]
 
 
+ENGINES = ["numba", "torch"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind,n,d", CASES)
-def test_fit_beats_random_subsample(kind, n, d):
+def test_fit_beats_random_subsample(kind, n, d, engine):
     rng = np.random.default_rng(n + d)
     if kind == "mix":
         x = mixture(rng, n, d)
@@ -58,7 +63,7 @@ def test_fit_beats_random_subsample(kind, n, d):
         x = mixture(rng, n, d, k=10, spread=1.0, std=0.25)
     else:
         x = heavy_anisotropic(rng, n, d)
-    spec = RKME.fit(x, K=50, gamma=0.1, device="cpu", seed=0)
+    spec = RKME.fit(x, K=50, gamma=0.1, device="cpu", seed=0, engine=engine)
     assert isinstance(spec, RKME) and spec.K == 50 and spec.d == d and spec.num_points == n
     assert spec.dtype == torch.float32
     beta = spec.beta.double()
@@ -73,11 +78,13 @@ def test_fit_beats_random_subsample(kind, n, d):
         assert abs(residual(z, b, x, 0.1) - ours) < 1e-9 + 1e-6 * ours
 
 
-def test_residual_decreases_over_steps():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_residual_decreases_over_steps(engine):
     rng = np.random.default_rng(1)
     x = mixture(rng, 1000, 10)
     xx = mean_gram(x)
-    res = [fast_residual(RKME.fit(x, K=40, steps=s, device="cpu", dtype="float64"), x, xx) for s in (0, 2, 8, 30)]
+    res = [fast_residual(RKME.fit(x, K=40, steps=s, device="cpu", dtype="float64", engine=engine), x, xx)
+           for s in (0, 2, 8, 30)]
     assert all(b < a for a, b in zip(res, res[1:])), res
     assert res[-1] < 0.8 * res[0], res
 
@@ -93,14 +100,15 @@ def test_reference_scheme_options_accepted():
     assert fast_residual(ours, x, xx) < fast_residual(ref_like, x, xx) <= fast_residual(init, x, xx) + 1e-9
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-4)])
-def test_fit_many_equals_one_at_a_time(dtype, tol):
+def test_fit_many_equals_one_at_a_time(dtype, tol, engine):
     rng = np.random.default_rng(3)
     # ragged n; two different d (grouped into separate batches); one dataset with n <= K
     data = [mixture(rng, n, d) for n, d in [(300, 4), (700, 4), (450, 4), (20, 4), (500, 7), (260, 7)]]
-    many = fit_many(data, K=30, steps=10, device="cpu", seed=5, dtype=dtype, max_points=400)
+    many = fit_many(data, K=30, steps=10, device="cpu", seed=5, dtype=dtype, max_points=400, engine=engine)
     for x, spec in zip(data, many):
-        one = RKME.fit(x, K=30, steps=10, device="cpu", seed=5, dtype=dtype, max_points=400)
+        one = RKME.fit(x, K=30, steps=10, device="cpu", seed=5, dtype=dtype, max_points=400, engine=engine)
         assert spec.K == one.K == effective_K(30, len(x)) and spec.num_points == len(x)
         np.testing.assert_allclose(spec.z.numpy(), one.z.numpy(), atol=tol * 10)
         np.testing.assert_allclose(spec.beta.numpy(), one.beta.numpy(), atol=tol)
@@ -129,14 +137,55 @@ def test_fit_is_deterministic_and_centred_data_far_from_origin():
     assert fast_residual(spec64, x - 1e4, xx) < random_subsample_residual(rng, x - 1e4, 20, 0.1, xx)
 
 
-def test_large_n_subsample_then_exact_beta():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_large_n_subsample_then_exact_beta(engine):
     rng = np.random.default_rng(6)
     x = mixture(rng, 6000, 5)
-    spec = RKME.fit(x, K=40, device="cpu", max_points=1000)
+    spec = RKME.fit(x, K=40, device="cpu", max_points=1000, chunk_rows=2500, engine=engine)
     xs = x[rng.choice(6000, 2000, replace=False)]
     xx = mean_gram(xs)
     assert fast_residual(spec, xs, xx) < random_subsample_residual(rng, xs, 40, 0.1, xx)
     assert spec.num_points == 6000
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n,d,options", [(900, 6, {}), (1500, 30, {}), (5000, 4, {"max_points": 1200}),
+                                         (700, 8, {"steps": 4, "step_size": 0.2}), (400, 3, {"kmeans_iters": 0})])
+def test_engines_agree(n, d, options, dtype):
+    """Same algorithm, same random draws: the fused kernel and the torch batches give the same spec
+    up to rounding (a rounding-level difference may flip one accept/reject, hence the residual test)."""
+    rng = np.random.default_rng(n + d)
+    x = mixture(rng, n, d)
+    a = RKME.fit(x, K=40, device="cpu", seed=2, dtype=dtype, engine="numba", **options)
+    b = RKME.fit(x, K=40, device="cpu", seed=2, dtype=dtype, engine="torch", **options)
+    assert a.dtype == b.dtype == getattr(torch, dtype)
+    xx = mean_gram(x)
+    ra, rb = fast_residual(a, x, xx), fast_residual(b, x, xx)
+    assert abs(ra - rb) <= 0.02 * max(ra, rb) + 1e-9, (ra, rb)
+    if dtype == "float64":
+        np.testing.assert_allclose(a.z.numpy(), b.z.numpy(), atol=1e-6)
+        np.testing.assert_allclose(a.beta.numpy(), b.beta.numpy(), atol=1e-5)
+
+
+def test_fused_kernel_exponential_and_gram_match_float64():
+    from lwgpu.spec._fit_numba import _FLUSH, _exp_f32_inplace, _gauss_into, _sqnorms
+
+    rng = np.random.default_rng(11)
+    a = np.concatenate([-rng.random(200_000) * 100, [0.0, -1e-30, -_FLUSH + 1e-3, -_FLUSH - 1e-3, -500.0]])
+    got = a.astype(np.float32)
+    _exp_f32_inplace(got, np.empty(len(a), dtype=np.int32))
+    want = np.exp(a.astype(np.float32).astype(np.float64))
+    keep = a.astype(np.float32) >= -_FLUSH
+    assert np.all(np.abs(got[keep] - want[keep]) <= 2e-7 * want[keep])
+    assert np.all(got[~keep] == 0.0)
+    for dt, tol in [(np.float64, 1e-12), (np.float32, 2e-6)]:
+        z = rng.normal(size=(30, 7)).astype(dt)
+        x = rng.normal(size=(500, 7)).astype(dt)
+        out, m = np.empty((30, 500), dtype=dt), np.empty(30)
+        _gauss_into(z, x.T.copy(), _sqnorms(x), dt(0.1), out, m)
+        ref = gaussian_gram(z.astype(np.float64), x.astype(np.float64), 0.1)
+        np.testing.assert_allclose(out, ref, atol=tol)
+        np.testing.assert_allclose(m, ref.mean(1), atol=tol)
 
 
 def test_kmeans_deterministic_per_seed_and_batch_independent():
@@ -190,7 +239,7 @@ def test_nan_impute_and_parameter_checks():
     torch.testing.assert_close(spec.z, same.z)
     for kw, match in [({"K": 0}, "K"), ({"gamma": 0.0}, "gamma"), ({"gamma": -1}, "gamma"),
                       ({"steps": -1}, "steps"), ({"bogus": 1}, "unknown fit options"),
-                      ({"step_size": 0}, "step_size")]:
+                      ({"step_size": 0}, "step_size"), ({"engine": "jax"}, "unknown fit engine")]:
         with pytest.raises(ValueError, match=match):
             RKME.fit(clean, device="cpu", **kw)
     with pytest.raises(ValueError, match="no datasets"):
