@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     # warm-up outside the timings: numba JIT (cached on disk after the first run) and torch kernels
     warm = gaussian_mixture(500, 10, 99)
     fit_lwgpu(warm)
+    fit_lwgpu(warm, engine="torch")
     fit_reference(warm.copy())
     rows = []
     for n in sizes:
@@ -121,9 +122,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             torch.set_num_threads(1)  # the reference on one thread too: its best on a busy machine
             (t_ref1, c_ref1), _ = timed(fit_reference, x, reps)
             torch.set_num_threads(args.threads)
-            (t_lw, c_lw), (z_lw, b_lw) = timed(fit_lwgpu, x, reps)
-            (t_lw30, _), (z_30, b_30) = timed(fit_lwgpu, x, reps, steps=30)
-            (t_lw3, c_lw3), (z_3, b_3) = timed(fit_lwgpu, x, reps, steps=3)
+            lw_reps = args.repeats  # lwgpu's fits are short at every size: always the best of all repeats
+            (t_lw, c_lw), (z_lw, b_lw) = timed(fit_lwgpu, x, lw_reps)
+            (t_lw10, c_lw10), (z_10, b_10) = timed(fit_lwgpu, x, lw_reps, steps=10)
+            (t_lw30, _), (z_30, b_30) = timed(fit_lwgpu, x, lw_reps, steps=30)
+            (t_torch, _), (z_t, b_t) = timed(fit_lwgpu, x, lw_reps, engine="torch")
             rng = np.random.default_rng(args.seed)
             t0 = time.perf_counter()
             xx = mean_gram(x, GAMMA)
@@ -131,13 +134,16 @@ def run(args: argparse.Namespace) -> list[dict]:
             res = {
                 "ref": residual(z_ref, b_ref, x, xx, GAMMA),
                 "lwgpu": residual(z_lw, b_lw, x, xx, GAMMA),
+                "lwgpu10": residual(z_10, b_10, x, xx, GAMMA),
                 "lwgpu30": residual(z_30, b_30, x, xx, GAMMA),
-                "lwgpu3": residual(z_3, b_3, x, xx, GAMMA),
+                "torch": residual(z_t, b_t, x, xx, GAMMA),
                 "random": float(np.mean([
                     residual(x[rng.choice(n, K, replace=False)], np.full(K, 1.0 / K), x, xx, GAMMA) for _ in range(5)
                 ])),
             }
-            row = dict(n=n, d=d, t_ref=t_ref, t_ref1=t_ref1, c_ref1=c_ref1, c_lw=c_lw, t_lw3=t_lw3, c_lw3=c_lw3, load=os.getloadavg()[0], t_lw=t_lw, t_lw30=t_lw30, t_xx=t_xx, **{f"r_{k}": v for k, v in res.items()})
+            row = dict(n=n, d=d, t_ref=t_ref, t_ref1=t_ref1, c_ref1=c_ref1, c_lw=c_lw, t_lw10=t_lw10, c_lw10=c_lw10,
+                       t_torch=t_torch, load=os.getloadavg()[0], t_lw=t_lw, t_lw30=t_lw30, t_xx=t_xx,
+                       **{f"r_{k}": v for k, v in res.items()})
             rows.append(row)
             logging.info("n=%d d=%d ref %.3fs (1 thread %.3fs) lwgpu %.3fs (%.1fx) | residual ref %.3e lwgpu %.3e "
                          "rand %.3e", n, d, t_ref, t_ref1, t_lw, min(t_ref, t_ref1) / t_lw, res["ref"], res["lwgpu"],
@@ -162,49 +168,47 @@ def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         f"learnware {ref_version}, Python {platform.python_version()}. Command: `{cmd}`.",
         "",
         "K = 100, gamma = 0.1, Gaussian-mixture data (10 rank-5 components plus noise, see "
-        "`benchmarks/bench_fit.py`). lwgpu: `RKME.fit(X, K=100, device='cpu')` (float32, default "
-        "steps=10; `steps=30` also shown). Reference: `RKMETableSpecification(gamma=0.1, cuda_idx=-1)"
+        "`benchmarks/bench_fit.py`). lwgpu: `RKME.fit(X, K=100, device='cpu')` (float32, the defaults: "
+        "the fused numba engine, 3 rounds). Reference: `RKMETableSpecification(gamma=0.1, cuda_idx=-1)"
         ".generate_stat_spec_from_data(X, K=100)` (k-means + 3 steps, float64). Times are the best of "
-        f"{args.repeats} runs (1 run at n = 50,000), after a warm-up fit (numba JIT, torch). Residual = "
+        f"{args.repeats} runs (the reference: 1 run at n = 50,000), after a warm-up fit (numba JIT, torch). Residual = "
         "exact float64 MMD^2 to the full empirical embedding of X (X-X term over all n^2 pairs, no "
         "subsampling); random = mean over 5 uniform subsamples of K points with weights 1/K. "
-        "Lower residual is better.",
+        "Lower residual is better. Target: speedup >= 10x with residual/ref <= 1.",
         "",
         "The machine is shared with other jobs (load average in the table); on a busy machine torch's "
         "2-thread ops stall, so the reference is also timed on 1 thread and the speedup is taken against "
-        "the faster of its two runs. lwgpu itself runs batches smaller than `small_work` (every size "
-        "here) on one thread. CPU = process CPU seconds (user + system), which time-slicing by other "
-        "jobs does not inflate: the 1-thread CPU ratio is the cleanest measure of the work each side does.",
+        "the faster of its two runs (its second thread buys it only 5-10% here: the two vCPUs do not give "
+        "two cores' throughput). lwgpu's CPU engine runs on one thread. CPU = process CPU seconds "
+        "(user + system), which time-slicing by other jobs does not inflate.",
         "",
         "| n | d | load | ref time 2 thr (s) | ref time 1 thr (s) | lwgpu time (s) | speedup vs best ref | "
-        "CPU ref 1 thr (s) | CPU lwgpu (s) | CPU speedup | "
-        "lwgpu steps=30 time (s) | residual ref | residual lwgpu | residual lwgpu steps=30 | residual random | "
-        "lwgpu/ref | lwgpu/random |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ref 1 thr (s) | CPU lwgpu (s) | CPU speedup | residual ref | residual lwgpu | residual random | "
+        "lwgpu/ref | lwgpu/random | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in rows:
         best = min(r["t_ref"], r["t_ref1"])
+        met = best / r["t_lw"] >= 10 and r["r_lwgpu"] <= r["r_ref"]
         lines.append(
-            f"| {r['n']:,} | {r['d']} | {r['load']:.1f} | {r['t_ref']:.3f} | {r['t_ref1']:.3f} | {r['t_lw']:.3f} | "
-            f"{best / r['t_lw']:.1f}x | {r['c_ref1']:.3f} | {r['c_lw']:.3f} | {r['c_ref1'] / r['c_lw']:.1f}x | "
-            f"{r['t_lw30']:.3f} | {r['r_ref']:.4e} | {r['r_lwgpu']:.4e} | {r['r_lwgpu30']:.4e} | {r['r_random']:.4e} | "
-            f"{r['r_lwgpu'] / r['r_ref']:.3f} | {r['r_lwgpu'] / r['r_random']:.3f} |"
+            f"| {r['n']:,} | {r['d']} | {r['load']:.1f} | {r['t_ref']:.3f} | {r['t_ref1']:.3f} | {r['t_lw']:.4f} | "
+            f"{best / r['t_lw']:.1f}x | {r['c_ref1']:.3f} | {r['c_lw']:.4f} | {r['c_ref1'] / r['c_lw']:.1f}x | "
+            f"{r['r_ref']:.4e} | {r['r_lwgpu']:.4e} | {r['r_random']:.4e} | "
+            f"{r['r_lwgpu'] / r['r_ref']:.3f} | {r['r_lwgpu'] / r['r_random']:.3f} | {'met' if met else 'MISSED'} |"
         )
     lines += [
         "",
-        "Fast setting, `RKME.fit(X, steps=3)` (3 rounds instead of 10):",
+        "More rounds, and the torch engine (padded batches, the GPU path) on the same CPU, same defaults:",
         "",
-        "| n | d | lwgpu steps=3 time (s) | speedup vs best ref | CPU (s) | CPU speedup vs ref 1 thr | "
-        "residual lwgpu steps=3 | /ref | /random |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| n | d | steps=10 time (s) | speedup | residual/ref | steps=30 time (s) | speedup | residual/ref | "
+        "torch engine time (s) | speedup | residual/ref |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         best = min(r["t_ref"], r["t_ref1"])
-        lines.append(
-            f"| {r['n']:,} | {r['d']} | {r['t_lw3']:.3f} | {best / r['t_lw3']:.1f}x | {r['c_lw3']:.3f} | "
-            f"{r['c_ref1'] / r['c_lw3']:.1f}x | {r['r_lwgpu3']:.4e} | {r['r_lwgpu3'] / r['r_ref']:.3f} | "
-            f"{r['r_lwgpu3'] / r['r_random']:.3f} |"
-        )
+        cells = [f"{r[t]:.4f} | {best / r[t]:.1f}x | {r[res] / r['r_ref']:.3f}"
+                 for t, res in [("t_lw10", "r_lwgpu10"), ("t_lw30", "r_lwgpu30"), ("t_torch", "r_torch")]]
+        lines.append(f"| {r['n']:,} | {r['d']} | " + " | ".join(cells) + " |")
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
@@ -215,7 +219,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="n in {1,000, 3,000}, d = 10: smoke run")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

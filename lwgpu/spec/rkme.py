@@ -209,7 +209,8 @@ class RKME:
         nan_policy: str = "raise",
         **options: Any,
     ) -> list["RKME"]:
-        """Fit one RKME per dataset, in padded batches on the device (same result as one at a time)."""
+        """Fit one RKME per dataset: the fused numba kernel on the CPU, padded batches on a GPU
+        (either way the same result as one at a time); see :func:`lwgpu.spec.fit.fit_many`."""
         from .fit import fit_many
 
         return fit_many(

@@ -188,6 +188,14 @@ def test_fused_kernel_exponential_and_gram_match_float64():
         np.testing.assert_allclose(m, ref.mean(1), atol=tol)
 
 
+@pytest.mark.parametrize("n,m", [(1000, 10), (50, 50), (7, 3), (100, 1)])
+def test_fused_kernel_top_m_matches_torch_topk(n, m):
+    from lwgpu.spec._fit_numba import _top_m
+
+    keys = np.random.default_rng(n + m).random(n)
+    np.testing.assert_array_equal(_top_m(keys, m), torch.tensor(keys).topk(m).indices.numpy())
+
+
 def test_kmeans_deterministic_per_seed_and_batch_independent():
     rng = np.random.default_rng(7)
     xs = [torch.tensor(mixture(rng, n, 3)) for n in (200, 120)]
