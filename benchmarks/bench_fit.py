@@ -151,7 +151,31 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
+MANY_CASES = [(500, 50, 300, 8, 16), (200, 200, 1000, 10, 50), (100, 500, 3000, 30, 100)]
+
+
+def run_many(args: argparse.Namespace) -> list[dict]:
+    """``RKME.fit_many`` throughput, a market's workload: the numba engine (one dataset after another)
+    against the torch engine (padded batches) on the same CPU and data."""
+    from lwgpu.spec.rkme import RKME
+
+    rows = []
+    rng = np.random.default_rng(args.seed)
+    for count, lo, hi, d, k in MANY_CASES:
+        data = [gaussian_mixture(int(rng.integers(lo, hi)), d, seed=i) for i in range(count)]
+        row = dict(count=count, lo=lo, hi=hi, d=d, K=k)
+        for engine in ("numba", "torch"):
+            RKME.fit_many(data[:3], K=k, gamma=GAMMA, device="cpu", engine=engine, progress=False)  # warm-up
+            t0 = time.perf_counter()
+            RKME.fit_many(data, K=k, gamma=GAMMA, device="cpu", engine=engine, progress=False)
+            row[engine] = time.perf_counter() - t0
+        logging.info("fit_many %d datasets (n %d-%d, d=%d, K=%d): numba %.2fs torch %.2fs", count, lo, hi, d, k,
+                     row["numba"], row["torch"])
+        rows.append(row)
+    return rows
+
+
+def write_report(rows: list[dict], args: argparse.Namespace, out: Path, many: list[dict] | None = None) -> None:
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     try:
         import learnware
@@ -209,6 +233,21 @@ def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         cells = [f"{r[t]:.4f} | {best / r[t]:.1f}x | {r[res] / r['r_ref']:.3f}"
                  for t, res in [("t_lw10", "r_lwgpu10"), ("t_lw30", "r_lwgpu30"), ("t_torch", "r_torch")]]
         lines.append(f"| {r['n']:,} | {r['d']} | " + " | ".join(cells) + " |")
+    if many:
+        lines += [
+            "",
+            "`RKME.fit_many` throughput (a market's workload, default settings, same CPU): the numba engine "
+            "(the CPU default, one dataset after another) against the torch engine (padded batches):",
+            "",
+            "| datasets | n | d | K | numba (s) | ms / spec | torch batches (s) | ms / spec | numba speedup |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in many:
+            lines.append(
+                f"| {r['count']} | {r['lo']:,}-{r['hi']:,} | {r['d']} | {r['K']} | {r['numba']:.2f} | "
+                f"{1e3 * r['numba'] / r['count']:.1f} | {r['torch']:.2f} | {1e3 * r['torch'] / r['count']:.1f} | "
+                f"{r['torch'] / r['numba']:.1f}x |"
+            )
     lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
@@ -225,7 +264,8 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     rows = run(args)
-    write_report(rows, args, args.out or RESULTS / ("fit_quick.md" if args.quick else "fit.md"))
+    many = [] if args.quick else run_many(args)
+    write_report(rows, args, args.out or RESULTS / ("fit_quick.md" if args.quick else "fit.md"), many)
     print((args.out or RESULTS / ("fit_quick.md" if args.quick else "fit.md")).read_text())
 
 
