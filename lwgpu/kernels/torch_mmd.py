@@ -58,15 +58,24 @@ def cross_terms(
     qa = torch.cat([qf * (2.0 * gamma), (qf * qf).sum(-1, keepdim=True).mul_(-gamma), ones], 1)
     qbv = qb.reshape(q, 1, kq)
     step = max(1, int(max_block_elems) // max(1, q * kq * k))
+    # one kernel block and one augmented-tile buffer, reused by every block: fresh 10-20 MB blocks
+    # per step were kept by the allocator (glibc raises its mmap threshold after the first free),
+    # which grew the CPU search by 0.7x the bank
+    gbuf = torch.empty(q * kq * min(step, t) * k, dtype=dt, device=dev)
+    zbuf = torch.empty(min(step, t) * k, d + 2, dtype=dt, device=dev)
+    zbuf[:, d] = 1.0
     big = 0
     for s in range(0, t, step):
         e = min(s + step, t)
-        zt = bz[s:e].to(dev, dt, non_blocking=True).reshape(-1, d) - center  # ((e-s) K, d)
-        za = torch.cat([zt, torch.ones(zt.shape[0], 1, dtype=dt, device=dev),
-                        (zt * zt).sum(-1, keepdim=True).mul_(-gamma)], 1)
-        g = torch.mm(qa, za.T).exp_()  # (Q Kq, (e-s) K): exp(-gamma |a - b|^2) (rounding may leave +1e-7)
+        m = (e - s) * k
+        za = zbuf[:m]
+        zt = za[:, :d]
+        torch.sub(bz[s:e].to(dev, dt, non_blocking=True).reshape(m, d), center, out=zt)
+        za[:, d + 1] = torch.einsum("ij,ij->i", zt, zt).mul_(-gamma)
+        g = gbuf[: q * kq * m].view(q * kq, m)
+        torch.mm(qa, za.T, out=g).exp_()  # (Q Kq, m): exp(-gamma |a - b|^2) (rounding may leave +1e-7)
         big = max(big, g.numel())
-        r = torch.bmm(qbv, g.view(q, kq, -1)).view(q, e - s, k)  # contract query points
+        r = torch.bmm(qbv, g.view(q, kq, m)).view(q, e - s, k)  # contract query points
         w = bb[s:e].to(dev, non_blocking=True).to(torch.float64)
         out[:, s:e] = torch.einsum("qtk,tk->qt", r.to(torch.float64), w)
     if stats is not None:
