@@ -55,3 +55,22 @@ def test_launcher_configs_compose_and_instantiate(launcher):
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
     obj = instantiate(OmegaConf.create({"_target_": node._target_, **params}))
     assert type(obj).__name__.endswith("Launcher")
+
+
+def test_spec_engine_is_a_config_choice():
+    """``spec.engine`` reaches RKME.fit_many: both engines fit the same spec from the same config."""
+    import numpy as np
+
+    data = [np.random.default_rng(i).normal(size=(120, 3)) for i in range(2)]
+    fitted = {}
+    for engine in ("numba", "torch"):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["debug=default", f"spec.engine={engine}", "device=cpu"])
+        assert cfg.spec.fit.engine == engine
+        fitted[engine] = instantiate(cfg.spec.fit)(data)
+    for a, b in zip(fitted["numba"], fitted["torch"]):
+        np.testing.assert_allclose(a.z.numpy(), b.z.numpy(), atol=1e-3)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["debug=default", "spec.engine=jax", "device=cpu"])
+    with pytest.raises(ValueError, match="unknown fit engine"):
+        instantiate(cfg.spec.fit)(data)
