@@ -23,6 +23,7 @@ setup(
         "pandas>=1.5",
         "scikit-learn>=1.3",
         "numba>=0.58",
+        "threadpoolctl>=3.0",  # caps BLAS threads around the numba fit kernel
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "sqlalchemy>=2.0",
