@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from typing import Any
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -136,3 +138,34 @@ def describe(device: str | torch.device | None = "auto") -> str:
     import platform
 
     return f"cpu:{platform.processor() or platform.machine()}x{torch.get_num_threads()}threads"
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextmanager
+def single_torch_thread(enabled: bool = True) -> Iterator[None]:
+    """Run torch's CPU ops on one intra-op thread inside the block (``enabled=False``: no change).
+
+    For work made of many tiny sequential ops (herding, small fits), where each op would otherwise
+    pay a thread-pool round trip (up to 100x slower on a loaded 2-core machine) and idle workers spin
+    against other kernels. Concurrent users share one saved setting, restored when the last leaves.
+    """
+    if not enabled:
+        yield
+        return
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)

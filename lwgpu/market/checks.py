@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import torch
 
+from ..device import single_torch_thread
 from ..spec.semantic import validate_semantic_spec
 from ..spec.validation import same_gamma
 from .learnware import ModelAdapter, load_model
@@ -33,33 +31,6 @@ from .package import Manifest, read_manifest
 logger = logging.getLogger(__name__)
 
 CHECKS = ("package", "semantic", "rkme", "model_load", "model_predict", "duplicate")
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 0
-
-
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Run torch single-threaded inside the block (restored when the last concurrent user leaves).
-
-    Herding takes ~60 tiny sequential ops; with intra-op threads each pays a thread-pool round trip,
-    which on a loaded 2-core machine made one check 100x slower than single-threaded.
-    """
-    global _threads_users, _threads_saved
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
 
 
 class SubmissionError(ValueError):
@@ -165,7 +136,7 @@ def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme
     except Exception as exc:  # noqa: BLE001 - report any loading failure as the check's reason
         raise SubmissionError("model_load", f"{type(exc).__name__}: {exc}") from exc
     try:
-        with _single_threaded():
+        with single_torch_thread():
             X = rkme.herd(n_samples, seed=seed).astype(np.float32)
     except ValueError as exc:
         raise SubmissionError("rkme", f"cannot draw samples from the RKME: {exc}") from exc

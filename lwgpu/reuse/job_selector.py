@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..device import single_torch_thread
 from ..kernels.torch_backend import gaussian_kernel
 from .base import Reuser, find_rkme, label_scores, known_classes, to_numpy
 
@@ -146,13 +147,9 @@ class JobSelector(Reuser):
             self.router_ = None
             return self
         counts = np.maximum(self.min_per_learnware, np.floor(self.herd_num * self.weights_).astype(int))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # herding is many tiny sequential steps: one thread avoids sync overhead
-        try:
+        with single_torch_thread():  # herding is many tiny sequential steps: one thread avoids sync overhead
             parts = [np.asarray(s.herd(int(c), candidates_per_sample=self.candidates_per_sample, seed=self.seed + i))
                      for i, (s, c) in enumerate(zip(self.specs, counts))]
-        finally:
-            torch.set_num_threads(threads)
         H = np.concatenate(parts)
         lab = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
         from threadpoolctl import threadpool_limits
