@@ -12,10 +12,14 @@ dataset) and passed in, so both engines see the same draws.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 from numba import njit
 
 from ._qp_numba import _solve_one
+from .kmeans import dataset_draws, seeding_blocks, seeding_uniforms
 
 
 @njit(cache=True)
@@ -235,6 +239,18 @@ def _lloyd(X, x2, C, iters, tol):
 
 
 @njit(cache=True)
+def _embed_start(z, XT, x2, gamma, qp_iters, qp_tol):
+    """A starting point z (K, d): its kernel block (K, n), row means m (K,), Gram G (K, K) and the
+    QP's beta (K,) from uniform weights."""
+    K = z.shape[0]
+    Kzx = np.empty((K, XT.shape[1]), dtype=z.dtype)
+    m = np.empty(K)
+    _gauss_into(z, XT, x2, gamma, Kzx, m)
+    G = _gram(z, gamma)
+    return Kzx, m, G, _solve_one(G, m, np.full(K, 1.0 / K), qp_iters, qp_tol, 10, False)
+
+
+@njit(cache=True)
 def fit_one(X, Xfull, gamma, steps, u, per, kmeans_iters, qp_iters, final_qp_iters, qp_tol,
             step_size, min_eta, max_eta, chunk):
     """Fit one centred dataset.
@@ -256,27 +272,15 @@ def fit_one(X, Xfull, gamma, steps, u, per, kmeans_iters, qp_iters, final_qp_ite
     XT = X.T.copy()
     x2 = _sqnorms(X)
     seeds = _kmeanspp(X, x2, K, u, per)
-    uniform = np.full(K, 1.0 / K)
-    Kzx = np.empty((K, S), dtype=X.dtype)
-    m = np.empty(K)
+    z = seeds
+    Kzx, m, G, beta = _embed_start(z, XT, x2, gamma, qp_iters, qp_tol)
     if kmeans_iters > 0:
-        z = _lloyd(X, x2, seeds, kmeans_iters, 1e-4)
-        _gauss_into(z, XT, x2, gamma, Kzx, m)
-        G = _gram(z, gamma)
-        beta = _solve_one(G, m, uniform, qp_iters, qp_tol, 10, False)
-        # in high dimension (relative to the kernel width) centroids embed worse than data points
-        Kzx_s = np.empty((K, S), dtype=X.dtype)
-        m_s = np.empty(K)
-        _gauss_into(seeds, XT, x2, gamma, Kzx_s, m_s)
-        G_s = _gram(seeds, gamma)
-        beta_s = _solve_one(G_s, m_s, uniform, qp_iters, qp_tol, 10, False)
-        if _objective(beta_s, m_s, G_s) < _objective(beta, m, G):
-            z, Kzx, m, G, beta = seeds, Kzx_s, m_s, G_s, beta_s
-    else:
-        z = seeds
-        _gauss_into(z, XT, x2, gamma, Kzx, m)
-        G = _gram(z, gamma)
-        beta = _solve_one(G, m, uniform, qp_iters, qp_tol, 10, False)
+        # in high dimension (relative to the kernel width) centroids embed worse than data points:
+        # start from whichever of the two gives the lower objective with its optimal beta
+        c = _lloyd(X, x2, seeds, kmeans_iters, 1e-4)
+        Kzx_c, m_c, G_c, beta_c = _embed_start(c, XT, x2, gamma, qp_iters, qp_tol)
+        if not _objective(beta, m, G) < _objective(beta_c, m_c, G_c):
+            z, Kzx, m, G, beta = c, Kzx_c, m_c, G_c, beta_c
 
     Kzx_new = np.empty((K, S), dtype=X.dtype)
     m_new = np.empty(K)
@@ -333,3 +337,51 @@ def fit_one(X, Xfull, gamma, steps, u, per, kmeans_iters, qp_iters, final_qp_ite
         m = acc / n
     beta = _solve_one(G, m, beta, final_qp_iters, qp_tol, 10, True)
     return z, beta
+
+
+# ---------------------------------------------------------------- Python driver
+_BLAS_CONTROLLER = None
+
+
+def _single_thread_blas():
+    """A context capping the BLAS libraries (the one numba calls included) at one thread.
+
+    The fused kernel's products are small: multi-threaded BLAS only wakes pools of threads that then
+    spin against torch's and numpy's own pools on the same cores (10x slower on 2 cores)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        import scipy.linalg.cython_blas  # noqa: F401, PLC0415 - the BLAS numba links against
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _fit_dataset(x: torch.Tensor, K: int, gamma: float, steps: int, seed: int,
+                 opts: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit one centred CPU dataset x (n, d) with :func:`fit_one`: (z (K, d), beta (K,))."""
+    sub, kseed = dataset_draws(x, K, seed, opts["max_points"])
+    per = seeding_blocks(K, opts["kmeans_rounds"])
+    u = seeding_uniforms([kseed], [sub.shape[0]], len(per), sub.shape[0])[0].numpy()
+    np_dt = np.float32 if x.dtype == torch.float32 else np.float64
+    X = np.ascontiguousarray(sub.numpy(), dtype=np_dt)
+    Xfull = X if sub is x else np.ascontiguousarray(x.numpy(), dtype=np_dt)
+    step_size = opts["step_size"]
+    z, beta = fit_one(
+        X, Xfull, np_dt(gamma), int(steps), np.ascontiguousarray(u), np.asarray(per, dtype=np.int64),
+        int(opts["kmeans_iters"]), int(opts["qp_iters"]), int(opts["final_qp_iters"]),
+        1e-7 if np_dt is np.float32 else 1e-12, -1.0 if step_size is None else float(step_size),
+        float(opts["min_eta"]), float(opts["max_eta"]), int(opts["chunk_rows"]),
+    )
+    return torch.from_numpy(z), torch.from_numpy(beta).to(x.dtype)
+
+def fit_all(xs: list[torch.Tensor], Ks: list[int], gamma: float, steps: int, seeds: list[int],
+            opts: dict[str, Any], bar: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Centred CPU datasets xs (n_i, d_i) with K_i points each, one at a time through the fused
+    kernel: [(z (K_i, d_i), beta (K_i,))]."""
+    out = []
+    with _single_thread_blas():
+        for x, k, seed in zip(xs, Ks, seeds):
+            out.append(_fit_dataset(x, k, gamma, steps, seed, opts))
+            bar.update(1)
+    return out

@@ -13,7 +13,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["kmeans_pp_init", "lloyd", "kmeans"]
+__all__ = ["kmeans_pp_init", "lloyd", "kmeans", "seeding_blocks", "seeding_uniforms", "dataset_draws"]
 
 
 def _check(X: torch.Tensor, mask: torch.Tensor | None, K: int) -> torch.Tensor:
@@ -36,8 +36,33 @@ def _gather_rows(X: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return X.gather(1, idx.view(-1, 1, 1).expand(-1, 1, X.shape[-1])).squeeze(1)
 
 
-def _uniforms_rows(seeds: Sequence[int], counts: Sequence[int], rounds: int, width: int) -> torch.Tensor:
-    """(B, rounds, width) uniforms in (0, 1); dataset b draws (rounds, counts[b]) from its own seed."""
+def dataset_draws(x: torch.Tensor, K: int, seed: int, max_points: int) -> tuple[torch.Tensor, int]:
+    """A dataset's random draws for a fit: its rows for the z steps (a sorted uniform subsample of
+    ``max(min(n, max_points), K)`` rows, or x itself) and the seed of its k-means++ uniforms, both
+    from one generator seeded with the dataset's own seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    S = max(min(x.shape[0], int(max_points)), K)
+    if S < x.shape[0]:
+        x = x[torch.randperm(x.shape[0], generator=g)[:S].sort().values.to(x.device)]
+    return x, int(torch.randint(0, 2**62, (1,), generator=g))
+
+
+def seeding_blocks(K: int, rounds: int | None) -> list[int]:
+    """Centres drawn in each round of the blocked seeding: ``[1, m_1, ..., m_R]``, summing to K.
+
+    Round 0 draws the first centre uniformly; ``rounds=None`` (or >= K - 1) gives classic k-means++
+    (one centre per D^2 draw), a smaller number R splits the other K - 1 into R near-equal blocks.
+    """
+    if K <= 1:
+        return [1]
+    R = K - 1 if rounds is None else max(1, min(int(rounds), K - 1))
+    return [1] + [len(a) for a in torch.arange(K - 1).tensor_split(R)]
+
+
+def seeding_uniforms(seeds: Sequence[int], counts: Sequence[int], rounds: int, width: int) -> torch.Tensor:
+    """(B, rounds, width) uniforms in (0, 1); dataset b draws (rounds, counts[b]) from its own seed.
+
+    Row r serves seeding round r; both fit engines take their k-means++ draws from here."""
     out = torch.full((len(seeds), rounds, width), 0.5, dtype=torch.float64)
     for b, (s, n) in enumerate(zip(seeds, counts)):
         g = torch.Generator().manual_seed(int(s))
@@ -61,9 +86,9 @@ def kmeans_pp_init(
     if len(seeds) != B:
         raise ValueError(f"need one seed per dataset: got {len(seeds)} seeds for {B} datasets")
     counts = mask.sum(-1)
-    R = K - 1 if rounds is None else max(1, min(int(rounds), K - 1))
-    per = [0] + [len(a) for a in torch.arange(K - 1).tensor_split(R)] if K > 1 else [0]
-    u = _uniforms_rows(seeds, counts.tolist(), R + 1, n).to(X.device)
+    per = seeding_blocks(K, rounds)
+    R = len(per) - 1
+    u = seeding_uniforms(seeds, counts.tolist(), R + 1, n).to(X.device)
     mf = mask.to(X.dtype)
     x2 = (X * X).sum(-1)
     first = (u[:, 0, 0] * counts).long().clamp_max(counts - 1)
