@@ -12,9 +12,14 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["lwgpu", "lwgpu.*"]),
-    package_data={"lwgpu": ["kernels/cuda/*.cu", "conf/**/*.yaml"]},
-    include_package_data=True,
+    # The top-level configs/ is the single source of the Hydra configs; the wheel carries a copy as the data
+    # package lwgpu._configs (found by lwgpu.cli.config_path.config_dir). An editable install reads configs/.
+    packages=find_packages(include=["lwgpu", "lwgpu.*"]) + ["lwgpu._configs"],
+    package_dir={"lwgpu._configs": "configs"},
+    package_data={
+        "lwgpu.kernels": ["cuda/*.cu"],  # compiled at run time by CuPy (lwgpu/kernels/cupy_mmd.py)
+        "lwgpu._configs": ["*.yaml", "**/*.yaml"],
+    },
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",

@@ -1,7 +1,21 @@
-"""``lwgpu-bench``: run a study from the Hydra configs in the repository's ``configs/`` folder.
+"""``lwgpu-bench``: run a study from lwgpu's Hydra configs (the repository's ``configs/`` folder).
 
-The configs are found relative to this file (``../../configs``), so the console script works from an
-editable install (``pip install -e .``, what ``make install`` does) or a source checkout.
+Where the configs come from (:func:`lwgpu.cli.config_path.config_dir`): a wheel (``pip install .``) carries
+a copy of ``configs/`` inside the package (``lwgpu/_configs``); a source checkout or an editable install
+(``pip install -e .``, what ``make install`` does) reads the repository's ``configs/`` directly, so edits
+show up without reinstalling. Either way the console script works from any working directory.
+
+Your own configs, without editing the package: put them in a folder laid out like ``configs/`` (e.g.
+``~/my_configs/experiment/my_study.yaml``) and add that folder to Hydra's search path, by any of
+
+- ``lwgpu-bench --config-dir ~/my_configs experiment=my_study``
+- ``lwgpu-bench 'hydra.searchpath=[file:///home/me/my_configs]' experiment=my_study``
+- ``export LWGPU_CONFIG_PATH=~/my_configs:/shared/lab_configs`` (``os.pathsep``-separated folders), then
+  ``lwgpu-bench experiment=my_study``
+
+The added folders come after the shipped configs: they add new options to a group (a file whose name
+is already shipped, e.g. ``experiment/default.yaml``, is not replaced). ``lwgpu-bench --info searchpath``
+lists the search path.
 
 Examples
 --------
@@ -26,12 +40,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .config_path import config_dir, register_search_path_plugin
+
 logger = logging.getLogger(__name__)
 
-#: The repository's configs/, relative to this file; resolved to an absolute path because Hydra reads a
-#: relative config_path as a package path when the entry point is imported as a module (console script).
-CONFIG_PATH = "../../configs"
-CONFIG_DIR = str((Path(__file__).resolve().parent / CONFIG_PATH).resolve())
+#: The shipped configs (absolute: Hydra reads a relative config_path as a package path when the entry
+#: point is imported as a module, as a console script is).
+CONFIG_DIR = str(config_dir())
 
 
 def seed_everything(seed: int) -> None:
@@ -76,14 +91,20 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Console-script entry point (``lwgpu-bench``)."""
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra task: run the composed config into Hydra's output folder and print where it wrote."""
     out = run(cfg, HydraConfig.get().runtime.output_dir)
     print(f"[lwgpu-bench] {cfg.experiment.name}: {len(out['results'].rows)} rows")
     print(f"[lwgpu-bench] results: {out['jsonl']}  {out['csv']}")
     for p in out["plots"]:
         print(f"[lwgpu-bench] plot:    {p}")
     return None
+
+
+def main() -> None:
+    """Console-script entry point (``lwgpu-bench``): adds ``LWGPU_CONFIG_PATH`` to the search path, runs Hydra."""
+    register_search_path_plugin()
+    _hydra_main()
 
 
 if __name__ == "__main__":
