@@ -11,6 +11,10 @@ Checks, in order:
               output per row of the declared shape (labels in ``[0, output_dim)`` or
               ``(n, output_dim)`` scores for classification; ``(n,)``/``(n, output_dim)`` otherwise);
 ``duplicate`` (checked by the market) no stored learnware has the same content hash.
+
+The model checks run submitted code: by default (``isolate=True``) only in an isolated worker
+process (:mod:`lwgpu.market.worker`), never in this one; ``isolate=False`` loads the model here, for
+packages the caller built from its own objects.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -27,6 +31,9 @@ from ..spec.semantic import validate_semantic_spec
 from ..spec.validation import same_gamma
 from .learnware import ModelAdapter, load_model
 from .package import Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from .sandbox import WorkerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +51,15 @@ class SubmissionError(ValueError):
 
 @dataclass
 class CheckedPackage:
-    """What the checks established: the manifest, normalised semantic spec, the RKME and the model."""
+    """What the checks established: the manifest, normalised semantic spec, the RKME and the model.
+
+    ``model`` is the loaded adapter for in-process checks, None when the model ran in a worker.
+    """
 
     manifest: Manifest
     semantic_spec: dict[str, Any]
     rkme: Any
-    model: ModelAdapter
+    model: ModelAdapter | None = None
 
 
 def check_package(folder: Path) -> Manifest:
@@ -148,10 +158,45 @@ def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme
     return model
 
 
-def run_checks(folder: Path, gamma: float, n_samples: int = 10, seed: int = 0) -> CheckedPackage:
-    """All checks but ``duplicate`` on an unpacked package ``folder``; raises :class:`SubmissionError`."""
+def run_checks(folder: Path, gamma: float, n_samples: int = 10, seed: int = 0, isolate: bool = True,
+               limits: WorkerLimits | None = None) -> CheckedPackage:
+    """All checks but ``duplicate`` on an unpacked package ``folder``; raises :class:`SubmissionError`.
+
+    ``isolate=True`` runs the model checks in an isolated worker under ``limits`` (see
+    :class:`~lwgpu.market.sandbox.WorkerLimits`); ``isolate=False`` in this process.
+    """
     man = check_package(folder)
     sem = check_semantic(man.semantic_spec)
     rkme = check_rkme(folder / man.spec_file, sem, gamma)
-    model = check_model(folder, man, sem, rkme, n_samples=n_samples, seed=seed)
-    return CheckedPackage(man, sem, rkme, model)
+    if not isolate:
+        return CheckedPackage(man, sem, rkme, check_model(folder, man, sem, rkme, n_samples=n_samples, seed=seed))
+    from .worker import check_model_isolated
+
+    check_model_isolated(folder, man, sem, rkme, n_samples=n_samples, seed=seed, limits=limits)
+    return CheckedPackage(man, sem, rkme, None)
+
+
+def run_checks_many(folders: Sequence[Path], gamma: float, n_samples: int = 10, seed: int = 0,
+                    limits: WorkerLimits | None = None,
+                    max_workers: int | None = None) -> list[CheckedPackage | SubmissionError]:
+    """:func:`run_checks` (isolated) for many packages; model checks run in parallel, one worker each.
+
+    Returns, in the order of ``folders``, a :class:`CheckedPackage` or the :class:`SubmissionError`
+    that refused the package.
+    """
+    from .worker import ModelCheckJob, check_many
+
+    out: list[Any] = []
+    jobs: list[ModelCheckJob] = []
+    for folder in folders:
+        try:
+            man = check_package(folder)
+            sem = check_semantic(man.semantic_spec)
+            rkme = check_rkme(folder / man.spec_file, sem, gamma)
+        except SubmissionError as exc:
+            out.append(exc)
+            continue
+        out.append(CheckedPackage(man, sem, rkme, None))
+        jobs.append(ModelCheckJob(folder, man, sem, rkme, n_samples, seed))
+    errors = iter(check_many(jobs, max_workers=max_workers, limits=limits))
+    return [item if isinstance(item, SubmissionError) else (next(errors) or item) for item in out]

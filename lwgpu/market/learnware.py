@@ -9,8 +9,11 @@ Models are loaded by small adapters chosen by the ``model.kind`` entry of ``lear
 - ``torch``: a whole ``torch.nn.Module`` saved with ``torch.save`` (``file``); ``predict`` runs it in eval
   mode on float32 input and returns a numpy array.
 
-Unpickling runs code from the file: only load learnwares you trust (the market runs its checks
-on submission, not a sandbox).
+Loading a model runs code from the package. :class:`Learnware` therefore runs ``predict`` in an
+isolated worker process (:mod:`lwgpu.market.worker`) unless it is built with ``trust=True``;
+:func:`load_model` and :class:`ModelAdapter` load in the calling process: use them only on packages
+you trust. Isolated workers import this module alone (without ``lwgpu.market``'s ``__init__``): keep
+its module-level imports to stdlib + numpy so that a worker starts fast.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .sandbox import WorkerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +38,9 @@ _import_lock = threading.Lock()
 
 
 def _to_numpy(out: Any) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(out, torch.Tensor):
-            return out.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported; never import it just to check
+    if torch is not None and isinstance(out, torch.Tensor):
+        return out.detach().cpu().numpy()
     return np.asarray(out)
 
 
@@ -145,8 +147,24 @@ def load_model(folder: str | Path, model_cfg: Mapping[str, Any]) -> ModelAdapter
     return ModelAdapter(torch.load(path, map_location="cpu", weights_only=False), kind, output)
 
 
+class UntrustedModelError(AttributeError):
+    """The model of an untrusted learnware is not loaded in this process (an AttributeError, so
+    ``getattr(learnware, "model", None)`` is None)."""
+
+
 class Learnware:
-    """A market learnware: ``id``, normalised ``semantic_spec``, folder ``path``, lazy ``rkme`` and model."""
+    """A market learnware: ``id``, normalised ``semantic_spec``, folder ``path``, lazy ``rkme`` and model.
+
+    Parameters
+    ----------
+    trust : False (default): the model's code never runs in this process; ``predict`` and
+        ``predict_proba`` run in an isolated worker kept for this package (see
+        :func:`lwgpu.market.worker.predict_isolated`) and raise
+        :class:`~lwgpu.market.sandbox.WorkerError` when the model fails; ``model``, ``fit`` and
+        ``finetune`` are unavailable. True: the model loads here (``model``) and everything runs
+        in-process.
+    limits : the worker's :class:`~lwgpu.market.sandbox.WorkerLimits` (defaults when None).
+    """
 
     def __init__(
         self,
@@ -156,14 +174,19 @@ class Learnware:
         model_cfg: Mapping[str, Any],
         spec_file: str = "rkme.json",
         rkme: Any = None,
+        trust: bool = False,
+        limits: WorkerLimits | None = None,
     ) -> None:
         self.id = id
         self.semantic_spec = dict(semantic_spec)
         self.path = Path(path)
         self.model_cfg = dict(model_cfg)
         self.spec_file = spec_file
+        self.trust = bool(trust)
+        self.limits = limits
         self._rkme = rkme
         self._model: ModelAdapter | None = None
+        self._info: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -180,22 +203,60 @@ class Learnware:
 
     @property
     def model(self) -> ModelAdapter:
-        """The loaded model adapter (loaded on first use, once)."""
+        """The model adapter, loaded in this process on first use (``trust=True`` only)."""
+        if not self.trust:
+            raise UntrustedModelError(f"{self!r} is untrusted: its model runs only in an isolated worker; "
+                                      "build it with trust=True to load the model in this process")
         with self._lock:
             if self._model is None:
                 self._model = load_model(self.path, self.model_cfg)
             return self._model
 
+    def _isolated(self, X: Any, method: str) -> np.ndarray:
+        from .worker import predict_isolated
+
+        return predict_isolated(self.path, self.model_cfg, X, self.limits, method=method, keep_alive=True)
+
+    def _model_info(self) -> dict[str, Any]:
+        if self._info is None:
+            if self.trust:
+                est = self.model.model
+                classes = getattr(est, "classes_", None)
+                proba = self.model.kind != "torch" and callable(getattr(est, "predict_proba", None))
+                self._info = {"predict_proba": proba, "classes": classes}
+            else:
+                from .worker import model_info_isolated
+
+                self._info = model_info_isolated(self.path, self.model_cfg, self.limits)
+        return self._info
+
     def predict(self, X: Any) -> np.ndarray:
-        """Model outputs for rows X (n, d)."""
-        return self.model.predict(X)
+        """Model outputs for rows X (n, d) (in the isolated worker unless ``trust``)."""
+        if self.trust:
+            return self.model.predict(X)
+        return self._isolated(X, "predict")
+
+    @property
+    def predict_proba(self) -> Callable[[Any], np.ndarray] | None:
+        """``predict_proba(X)`` of the model (in the worker unless ``trust``), or None when it has none."""
+        if not self._model_info()["predict_proba"]:
+            return None
+        if self.trust:
+            return lambda X: _to_numpy(self.model.model.predict_proba(X))
+        return lambda X: self._isolated(X, "predict_proba")
+
+    @property
+    def classes_(self) -> np.ndarray | None:
+        """The model's ``classes_`` (when it has them, e.g. a scikit-learn classifier), else None."""
+        classes = self._model_info()["classes"]
+        return None if classes is None else np.asarray(classes)
 
     def fit(self, X: Any, y: Any) -> "Learnware":
-        """Refit the model on (X, y) where it supports it."""
+        """Refit the model on (X, y) where it supports it (``trust=True`` only)."""
         self.model.fit(X, y)
         return self
 
     def finetune(self, X: Any, y: Any) -> "Learnware":
-        """Continue training on (X, y) (``finetune`` or ``partial_fit``) where the model supports it."""
+        """Continue training on (X, y) (``finetune`` or ``partial_fit``) where supported (``trust=True`` only)."""
         self.model.finetune(X, y)
         return self

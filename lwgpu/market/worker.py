@@ -1,0 +1,293 @@
+"""Run untrusted model code only in isolated worker processes: submission checks and predictions.
+
+Each package gets its own fresh interpreter (see :mod:`lwgpu.market.sandbox` for the isolation and
+the protocol) working on its own scratch copy of the package; no interpreter ever serves two
+packages, so nothing carries over between submitters. Entry points:
+
+- :func:`check_model_isolated` - the ``model_load`` and ``model_predict`` checks, with the semantics
+  of :func:`lwgpu.market.checks.check_model` (raises :class:`~lwgpu.market.checks.SubmissionError`);
+- :func:`check_many` - those checks for many packages at once, one worker process per package;
+- :func:`predict_isolated` - a prediction for a user; ``keep_alive=True`` keeps the package's worker
+  (a few per process, least recently used first out) so repeated calls skip the start-up cost;
+- :func:`isolation` - ``"bubblewrap"`` or ``"subprocess"``, what is in force.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .sandbox import WorkerError, WorkerLimits, WorkerProcess, decode_array, isolation, isolation_info
+
+__all__ = ["WorkerLimits", "WorkerError", "IsolatedModel", "ModelCheckJob", "check_model_isolated",
+           "check_many", "predict_isolated", "model_info_isolated", "close_workers", "isolation",
+           "isolation_info"]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEPT_WORKERS = 8  # each holds one package's model (~150 MB for a scikit-learn one)
+
+
+def _rmtree(path: Path) -> None:
+    def fix(func: Any, p: str, _exc: Any) -> None:  # the model may leave read-only folders behind
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            os.chmod(p, stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=fix)
+
+
+class IsolatedModel:
+    """The model of one package, loaded in its own isolated worker process.
+
+    Parameters
+    ----------
+    folder : the package folder (copied to the worker's scratch folder; the original is never touched).
+    model_cfg : the ``model`` section of its ``learnware.yaml``.
+    limits : :class:`WorkerLimits` (defaults when None).
+
+    Methods raise :class:`WorkerError` with ``stage`` ``model_load`` or ``model_predict``; ``raised``
+    tells a Python exception of the model's (the worker lives on) from a dead or killed worker.
+    """
+
+    def __init__(self, folder: str | os.PathLike, model_cfg: Mapping[str, Any],
+                 limits: WorkerLimits | None = None) -> None:
+        self.limits = limits or WorkerLimits()
+        self.model_cfg = dict(model_cfg)
+        self.info: dict[str, Any] | None = None
+        self._seq = 0
+        self.scratch = Path(tempfile.mkdtemp(prefix="lwgpu-worker-")).resolve()
+        try:
+            self.folder = self.scratch / "pkg"
+            shutil.copytree(folder, self.folder, symlinks=True)
+            self.proc = WorkerProcess(self.scratch, self.limits)
+        except BaseException:
+            _rmtree(self.scratch)
+            raise
+
+    def __enter__(self) -> "IsolatedModel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def cpu_used(self) -> float:
+        """CPU seconds the worker has used (as of its last reply)."""
+        return self.proc.cpu_used
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def load(self) -> dict[str, Any]:
+        """Load the model in the worker; returns ``{"predict_proba": bool, "classes": list | None}``."""
+        hdr, _ = self.proc.request({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load")
+        info = hdr.get("info")
+        self.info = {"predict_proba": bool(info.get("predict_proba")) if isinstance(info, dict) else False,
+                     "classes": info.get("classes") if isinstance(info, dict) else None}
+        return self.info
+
+    def predict(self, X: Any, method: str = "predict") -> np.ndarray:
+        """``method`` (``predict`` or ``predict_proba``) of the model on rows ``X``, run in the worker."""
+        if method not in ("predict", "predict_proba"):
+            raise ValueError(f"method must be 'predict' or 'predict_proba', got {method!r}")
+        arr = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
+        if arr.dtype.hasobject:
+            raise TypeError("X must be an array of numbers (or strings) to cross into the isolated worker")
+        self._seq += 1
+        path = self.scratch / f"in{self._seq}.npy"
+        np.save(path, arr, allow_pickle=False)
+        try:
+            _, payload = self.proc.request({"op": "predict", "input": str(path), "method": method}, "model_predict")
+        finally:
+            path.unlink(missing_ok=True)
+        try:
+            return decode_array(payload)
+        except (ValueError, OSError, EOFError) as exc:
+            raise WorkerError("model_predict", f"the worker returned an unreadable array: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop the worker and delete its scratch folder."""
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            proc.close()
+        _rmtree(self.scratch)
+
+
+# ---------------------------------------------------------------------------- submission checks
+def _reason(exc: WorkerError, limits: WorkerLimits, what: str) -> str:
+    if not exc.raised:
+        return exc.reason
+    reason = f"{what} raised {exc.reason}" if what else exc.reason
+    if exc.reason.startswith("MemoryError") and limits.memory_bytes is not None:
+        reason += f" (the worker's memory limit is {limits.memory_bytes / 2**30:.3g} GiB)"
+    return reason
+
+
+def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Mapping[str, Any], rkme: Any,
+                         n_samples: int = 10, seed: int = 0, limits: WorkerLimits | None = None) -> None:
+    """The ``model_load`` and ``model_predict`` checks in an isolated worker.
+
+    Same semantics as :func:`lwgpu.market.checks.check_model` (``manifest.model`` names the model;
+    ``predict`` runs on ``n_samples`` rows herded from ``rkme`` and its output shape is validated),
+    but the model never runs in this process. Raises :class:`~lwgpu.market.checks.SubmissionError`.
+    """
+    from ..device import single_torch_thread
+    from .checks import SubmissionError, _check_output
+
+    limits = limits or WorkerLimits()
+    herd_error: ValueError | None = None
+    try:
+        with single_torch_thread():
+            X = rkme.herd(n_samples, seed=seed).astype(np.float32)
+    except ValueError as exc:
+        herd_error = exc
+    with IsolatedModel(folder, manifest.model, limits) as model:
+        try:
+            model.load()
+        except WorkerError as exc:
+            raise SubmissionError("model_load", _reason(exc, limits, "")) from exc
+        if herd_error is not None:
+            raise SubmissionError("rkme", f"cannot draw samples from the RKME: {herd_error}") from herd_error
+        try:
+            out = model.predict(X)
+        except WorkerError as exc:
+            raise SubmissionError("model_predict", _reason(exc, limits, "predict")) from exc
+    _check_output(out, n_samples, dict(semantic))
+
+
+@dataclass
+class ModelCheckJob:
+    """One package for :func:`check_many`: what :func:`check_model_isolated` takes."""
+
+    folder: Path
+    manifest: Any
+    semantic: Mapping[str, Any]
+    rkme: Any
+    n_samples: int = 10
+    seed: int = 0
+
+
+def check_many(jobs: Sequence[ModelCheckJob], max_workers: int | None = None,
+               limits: WorkerLimits | None = None) -> list[Any]:
+    """Model checks of many packages in parallel, one fresh worker process per package.
+
+    Returns, in the order of ``jobs``, ``None`` for a package that passed or the
+    :class:`~lwgpu.market.checks.SubmissionError` that refused it. ``max_workers`` defaults to the
+    number of CPUs (each worker uses ``limits.threads`` threads).
+    """
+    from .checks import SubmissionError
+
+    def one(job: ModelCheckJob) -> Any:
+        try:
+            check_model_isolated(job.folder, job.manifest, job.semantic, job.rkme, job.n_samples, job.seed, limits)
+        except SubmissionError as exc:
+            return exc
+        return None
+
+    if not jobs:
+        return []
+    workers = max(1, min(len(jobs), max_workers or os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="lwgpu-check") as ex:
+        futures = [ex.submit(one, j) for j in jobs]
+        return [f.result() for f in futures]
+
+
+# ---------------------------------------------------------------------------- predictions
+class _KeptWorkers:
+    """Workers kept alive per package (key: folder, model section, limits), least recently used out."""
+
+    def __init__(self, max_live: int = MAX_KEPT_WORKERS) -> None:
+        self.max_live = max_live
+        self._items: OrderedDict[tuple, IsolatedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _take(self, key: tuple, folder: Path, model_cfg: Mapping[str, Any], limits: WorkerLimits) -> IsolatedModel:
+        with self._lock:
+            model = self._items.pop(key, None)  # exclusive use; a concurrent caller starts its own
+        worn = limits.cpu_seconds is not None and model is not None and model.cpu_used > limits.cpu_seconds / 2
+        if model is not None and (worn or not model.alive()):
+            model.close()
+            model = None
+        if model is None:
+            model = IsolatedModel(folder, model_cfg, limits)
+            try:
+                model.load()
+            except BaseException:
+                model.close()
+                raise
+        return model
+
+    def _give_back(self, key: tuple, model: IsolatedModel) -> None:
+        if not model.alive():
+            model.close()
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._items[key] = model
+            evicted = [old] if old is not None else []
+            while len(self._items) > self.max_live:
+                evicted.append(self._items.popitem(last=False)[1])
+        for m in evicted:
+            m.close()
+
+    def run(self, folder: Path, model_cfg: Mapping[str, Any], limits: WorkerLimits, fn: Any) -> Any:
+        key = (str(Path(folder).resolve()), json.dumps(dict(model_cfg), sort_keys=True, default=str), limits)
+        model = self._take(key, Path(folder), model_cfg, limits)
+        try:
+            return fn(model)
+        finally:
+            self._give_back(key, model)
+
+    def close(self) -> None:
+        with self._lock:
+            items, self._items = list(self._items.values()), OrderedDict()
+        for m in items:
+            m.close()
+
+
+_KEPT = _KeptWorkers()
+atexit.register(_KEPT.close)
+
+
+def close_workers() -> None:
+    """Stop the workers kept alive by ``predict_isolated(..., keep_alive=True)``."""
+    _KEPT.close()
+
+
+def predict_isolated(folder: str | os.PathLike, model_cfg: Mapping[str, Any], X: Any,
+                     limits: WorkerLimits | None = None, method: str = "predict",
+                     keep_alive: bool = False) -> np.ndarray:
+    """``predict`` (or ``predict_proba``) of a package's model on rows ``X``, run in an isolated worker.
+
+    ``keep_alive=False`` starts and stops a fresh worker; ``True`` reuses this package's worker if one
+    is kept (the package's own; it is replaced once it has used half its CPU limit or died). Raises
+    :class:`WorkerError` (``stage`` ``model_load`` or ``model_predict``).
+    """
+    limits = limits or WorkerLimits()
+    if keep_alive:
+        return _KEPT.run(Path(folder), model_cfg, limits, lambda m: m.predict(X, method))
+    with IsolatedModel(folder, model_cfg, limits) as model:
+        model.load()
+        return model.predict(X, method)
+
+
+def model_info_isolated(folder: str | os.PathLike, model_cfg: Mapping[str, Any],
+                        limits: WorkerLimits | None = None) -> dict[str, Any]:
+    """``{"predict_proba": bool, "classes": list | None}`` of a package's model (from a kept worker)."""
+    return _KEPT.run(Path(folder), model_cfg, limits or WorkerLimits(), lambda m: dict(m.info or {}))

@@ -1,0 +1,264 @@
+"""Model code from packages runs only in isolated workers: no writes, no network, limits and timeouts."""
+from __future__ import annotations
+
+import socket
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lwgpu.market import SubmissionError, pack_learnware
+from lwgpu.market.checks import run_checks, run_checks_many
+from lwgpu.market.learnware import Learnware, load_model
+from lwgpu.market.package import read_manifest
+from lwgpu.market.worker import (WorkerError, WorkerLimits, check_many, check_model_isolated, close_workers,
+                                 isolation, isolation_info, predict_isolated)
+from lwgpu.spec.rkme import RKME
+
+D, GAMMA = 4, 0.1
+BWRAP = isolation() == "bubblewrap"
+ISOLATIONS = ["auto", "subprocess"]  # "auto" is bubblewrap where it works
+SEM = {"data_type": "table", "task_type": "classification", "input_dim": D, "output_dim": 2, "name": "w",
+       "library": "scikit-learn", "description": "worker test", "tags": [], "license": "MIT"}
+
+MODEL = '''
+import os, sys
+import numpy as np
+
+{top}
+
+class Model:
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def predict(self, X):
+{body}
+        return np.zeros(len(X), dtype=int)
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_kept_workers():
+    yield
+    close_workers()
+
+
+@pytest.fixture(scope="module")
+def rkme():
+    rng = np.random.default_rng(0)
+    return RKME(rng.normal(size=(6, D)).astype(np.float32), np.full(6, 1 / 6, np.float32), gamma=GAMMA)
+
+
+def _pkg(tmp: Path, rkme, body: str = "", top: str = "", name: str = "model.py", label: str | None = None) -> Path:
+    label = label or uuid.uuid4().hex[:8]
+    src_dir = tmp / f"src_{label}"
+    src_dir.mkdir()
+    src = src_dir / name
+    src.write_text(MODEL.format(top=textwrap.dedent(top), body=textwrap.indent(textwrap.dedent(body), " " * 8)))
+    return pack_learnware({"module": str(src), "class": "Model"}, dict(SEM, name=label), rkme, tmp / f"pkg_{label}")
+
+
+def _check(folder: Path, rkme, **limits) -> None:
+    check_model_isolated(folder, read_manifest(folder), SEM, rkme, n_samples=5, limits=WorkerLimits(**limits))
+
+
+def test_isolation_is_reported():
+    assert isolation() in ("bubblewrap", "subprocess")
+    assert isolation(WorkerLimits(isolation="subprocess")) == "subprocess"
+    info = isolation_info()
+    assert info["isolation"] == isolation() and info["read_only_fs"] == BWRAP
+    with pytest.raises(ValueError):
+        WorkerLimits(isolation="docker")
+
+
+@pytest.mark.skipif(not BWRAP, reason="a read-only file system needs bubblewrap")
+def test_write_outside_the_package_fails(tmp_path, rkme):
+    import lwgpu
+
+    targets = [Path(lwgpu.__file__).resolve().parents[1] / f".escaped-{uuid.uuid4().hex}",
+               tmp_path / "escaped.txt", Path.home() / f".escaped-{uuid.uuid4().hex}"]
+    top = "errors = []\n" + "".join(
+        f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError as e:\n    errors.append(e)\n" for t in targets)
+    top += "if len(errors) < %d:\n    raise SystemExit('a write outside the package succeeded')\n" % len(targets)
+    top += "open('written_in_scratch.txt', 'w').write('ok')\n"  # cwd: the worker's scratch folder
+    folder = _pkg(tmp_path, rkme, top=top)
+    try:
+        _check(folder, rkme)  # the module survives its failed writes and passes
+        assert not any(t.exists() for t in targets)
+        assert not (folder / "written_in_scratch.txt").exists()  # the original package is untouched
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+    folder2 = _pkg(tmp_path, rkme, top=f"open({str(targets[0])!r}, 'w').write('x')")
+    with pytest.raises(SubmissionError) as info:
+        _check(folder2, rkme)
+    assert info.value.check == "model_load" and "Read-only file system" in info.value.reason
+    assert not targets[0].exists()
+
+
+@pytest.mark.skipif(not BWRAP, reason="hidden paths need bubblewrap")
+def test_hidden_paths_are_empty(tmp_path, rkme):
+    import shutil
+    import tempfile
+
+    secret = Path(tempfile.mkdtemp(dir="/var/tmp" if Path("/var/tmp").is_dir() else None))
+    try:
+        (secret / "other_learnware.bin").write_text("private")
+        body = f"return np.full(len(X), int(os.path.exists({str(secret / 'other_learnware.bin')!r})))"
+        folder = _pkg(tmp_path, rkme, body=body)
+        cfg = read_manifest(folder).model
+        assert predict_isolated(folder, cfg, np.zeros((2, D))).tolist() == [1, 1]
+        hidden = WorkerLimits(hidden_paths=(str(secret),))
+        assert predict_isolated(folder, cfg, np.zeros((2, D)), hidden).tolist() == [0, 0]
+    finally:
+        shutil.rmtree(secret)
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_no_process_outlives_its_worker(tmp_path, rkme, iso):
+    if not isolation_info(WorkerLimits(isolation=iso))["pid_namespace"]:
+        pytest.skip("a process may escape the worker's process group without a PID namespace")
+    tag = str(300 + uuid.uuid4().int % 600) + ".25"
+    body = f"import subprocess\nsubprocess.Popen(['sleep', '{tag}'], start_new_session=True)"
+    _check(_pkg(tmp_path, rkme, body=body), rkme, isolation=iso)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(["sleep", tag]):
+        time.sleep(0.1)
+    assert not _running(["sleep", tag])
+
+
+def _running(argv: list[str]) -> bool:
+    want = "\0".join(argv).encode() + b"\0"
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "cmdline").read_bytes() == want:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_predict_that_never_returns_times_out(tmp_path, rkme, iso):
+    folder = _pkg(tmp_path, rkme, body="while True:\n    pass")
+    t0 = time.perf_counter()
+    with pytest.raises(SubmissionError) as info:
+        _check(folder, rkme, timeout_s=3, isolation=iso)
+    assert time.perf_counter() - t0 < 10
+    assert info.value.check == "model_predict" and "timed out after 3 s" in info.value.reason
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_os_exit_and_signals_are_refusals(tmp_path, rkme, iso):
+    folder = _pkg(tmp_path, rkme, body="print('about to leave', flush=True)\nos._exit(3)")
+    with pytest.raises(SubmissionError) as info:
+        _check(folder, rkme, isolation=iso)
+    assert info.value.check == "model_predict"
+    assert "exited with code 3" in info.value.reason and "about to leave" in info.value.reason
+    at_import = _pkg(tmp_path, rkme, top="import signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(SubmissionError) as info:
+        _check(at_import, rkme, isolation=iso)
+    assert info.value.check == "model_load" and "signal 9" in info.value.reason
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_memory_limit(tmp_path, rkme, iso):
+    big = _pkg(tmp_path, rkme, body="a = np.ones(1 << 28)  # 2 GiB")
+    with pytest.raises(SubmissionError) as info:
+        _check(big, rkme, memory_bytes=1 << 30, isolation=iso)
+    assert info.value.check == "model_predict" and "MemoryError" in info.value.reason
+    creep = _pkg(tmp_path, rkme, body="keep = []\nwhile True:\n    keep.append(bytearray(64 << 20))")
+    with pytest.raises(SubmissionError) as info:
+        _check(creep, rkme, memory_bytes=1 << 30, timeout_s=20, isolation=iso)
+    assert info.value.check == "model_predict" and "MemoryError" in info.value.reason
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_no_network(tmp_path, rkme, iso):
+    if isolation_info(WorkerLimits(isolation=iso))["network"]:
+        pytest.skip("no network namespace available for this isolation")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    body = f"""
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=2)
+    except OSError:
+        return np.zeros(len(X), dtype=int)
+    raise RuntimeError("connected to the host")
+    """
+    try:
+        _check(_pkg(tmp_path, rkme, body=body), rkme, isolation=iso)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_sklearn_model_passes_and_predicts_like_in_process(tmp_path, rkme):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, D))
+    est = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    folder = pack_learnware(est, SEM, rkme, tmp_path / "sk")
+    checked = run_checks(folder, GAMMA, n_samples=5)
+    assert checked.model is None and checked.semantic_spec["name"] == "w"
+    assert run_checks(folder, GAMMA, n_samples=5, isolate=False).model is not None
+    Xq = rng.normal(size=(17, D)).astype(np.float32)
+    cfg = read_manifest(folder).model
+    np.testing.assert_array_equal(predict_isolated(folder, cfg, Xq), est.predict(Xq))
+    lw = Learnware(1, SEM, folder, cfg)
+    with pytest.raises(AttributeError):
+        lw.model  # noqa: B018 - an untrusted learnware never loads its model here
+    np.testing.assert_array_equal(lw.predict(Xq), est.predict(Xq))
+    np.testing.assert_allclose(lw.predict_proba(Xq), est.predict_proba(Xq), rtol=1e-6)
+    np.testing.assert_array_equal(lw.classes_, est.classes_)
+    trusted = Learnware(1, SEM, folder, cfg, trust=True)
+    np.testing.assert_array_equal(trusted.predict(Xq), load_model(folder, cfg).predict(Xq))
+    np.testing.assert_array_equal(trusted.classes_, est.classes_)
+
+
+def test_same_module_name_in_two_packages(tmp_path, rkme):
+    top = "import builtins\nSEEN = hasattr(builtins, '_lwgpu_seen')\nbuiltins._lwgpu_seen = True"
+    pkgs = [_pkg(tmp_path, rkme, top=top + f"\nVALUE = {v}", body="return np.full(len(X), 5 if SEEN else VALUE)",
+                 label=f"same{v}") for v in (1, 0)]
+    for keep in (False, True):
+        outs = [predict_isolated(p, read_manifest(p).model, np.zeros((3, D)), keep_alive=keep) for p in pkgs]
+        assert [o.tolist() for o in outs] == [[1, 1, 1], [0, 0, 0]]
+    assert check_many([_job(p, rkme) for p in pkgs], max_workers=2) == [None, None]  # 5 would be refused
+
+
+def _job(folder: Path, rkme):
+    from lwgpu.market.worker import ModelCheckJob
+
+    return ModelCheckJob(folder, read_manifest(folder), SEM, rkme, n_samples=5)
+
+
+def test_check_many_and_run_checks_many(tmp_path, rkme):
+    good = _pkg(tmp_path, rkme, label="good")
+    bad = _pkg(tmp_path, rkme, body="raise RuntimeError('model is broken')", label="bad")
+    gone = _pkg(tmp_path, rkme, body="os._exit(5)", label="gone")
+    res = check_many([_job(good, rkme), _job(bad, rkme), _job(gone, rkme)], max_workers=2)
+    assert res[0] is None
+    assert res[1].check == "model_predict" and res[1].reason == "predict raised RuntimeError: model is broken"
+    assert res[2].check == "model_predict" and "exited with code 5" in res[2].reason
+    (tmp_path / "empty").mkdir()
+    many = run_checks_many([good, tmp_path / "empty", gone], GAMMA, n_samples=5, max_workers=2)
+    assert many[0].semantic_spec["name"] == "good"
+    assert [getattr(m, "check", None) for m in many] == [None, "package", "model_predict"]
+
+
+def test_untrusted_predict_failures_raise_worker_error(tmp_path, rkme):
+    folder = _pkg(tmp_path, rkme, body="os._exit(4)")
+    lw = Learnware(None, SEM, folder, read_manifest(folder).model, limits=WorkerLimits(timeout_s=20))
+    with pytest.raises(WorkerError, match="exited with code 4"):
+        lw.predict(np.zeros((2, D)))
+    with pytest.raises(TypeError, match="array of numbers"):
+        predict_isolated(folder, read_manifest(folder).model, np.array([object()] * 2))
