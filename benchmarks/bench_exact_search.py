@@ -285,7 +285,7 @@ def run_pruned(args: argparse.Namespace) -> list[dict]:
         b = search_exact(bank, qs, k=TOPK, backend="numba", device="cpu", pivots=piv)
         row = {"pruned": True, "N": n, "d": 16, "pivots": 16, "build_s": build, "full_s": full,
                "pruned_s": pruned, "visited": piv.last_visited, "speedup": full / pruned,
-               "same_ids": bool(np.array_equal(a[1], b[1])), "bound_s": bound_s(n, K, K, 16, args.rates)}
+               "same_ids": bool(np.array_equal(a.ids, b.ids)), "bound_s": bound_s(n, K, K, 16, args.rates)}
         log.info("%s", row)
         rows.append(row)
         del bank

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import settings
+
 
 def _load_matrix(path: str) -> np.ndarray:
     p = Path(path)
@@ -51,6 +53,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     query = RKME.load(args.query)
     dists, ids = search_exact(bank, query, k=args.k, backend=args.backend, device=args.device)
     for rank, (i, dist) in enumerate(zip(ids[0], dists[0]), 1):
+        if i < 0:  # fewer than k specs in the bank: empty slots are not printed
+            break
         print(f"{rank:3d}  id={int(i):<10d}  mmd2={float(dist):.6g}")
     return 0
 
@@ -75,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit an RKME spec to an (n, d) array")
     fit.add_argument("data", help=".npy or .csv file with an (n, d) array")
     fit.add_argument("out", help="output JSON (the reference package's format)")
-    fit.add_argument("--K", type=int, default=100)
-    fit.add_argument("--gamma", type=float, default=0.1)
+    fit.add_argument("--K", type=int, default=settings.K)
+    fit.add_argument("--gamma", type=float, default=settings.GAMMA)
     fit.add_argument("--steps", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto")
@@ -84,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="exact top-k search of a saved SpecBank")
     search.add_argument("bank", help="directory written by SpecBank.save")
     search.add_argument("query", help="spec JSON written by RKME.save or the reference package")
-    search.add_argument("--k", type=int, default=10)
-    search.add_argument("--backend", default="auto")
+    search.add_argument("--k", type=int, default=settings.EXACT_K)
+    search.add_argument("--backend", default=settings.BACKEND)
     search.add_argument("--device", default="auto")
     search.set_defaults(func=cmd_search)
     collect = sub.add_parser("collect", help="merge the results of a multirun sweep (any launcher)")

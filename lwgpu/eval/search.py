@@ -1,7 +1,7 @@
 """Search quality against ground truth: top-k accuracy, mixture precision/recall, recall@k vs exact."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,18 +61,47 @@ def mixture_precision_recall(
     return float(np.mean(prec)), float(np.mean(rec))
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int | None = None) -> float:
-    """Mean fraction of the exact top-``k`` ids that the approximate top-``k`` also returns.
+def _id_array(x: Any, name: str) -> np.ndarray:
+    """(Q, k) int ids from an array or anything with ``.ids`` (a :class:`~lwgpu.search.results.Neighbors`)."""
+    a = np.asarray(getattr(x, "ids", x))
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a (Q, k) id array (or Neighbors), got shape {a.shape}")
+    return a
 
-    approx_ids, exact_ids : (Q, >=k) int; ids < 0 (FAISS's "no result") never match.
+
+def recall_at_k(approx_ids: Any, exact_ids: Any, k: int | None = None) -> float:
+    """Recall@k of an approximate search against exact search: the one rule used everywhere in lwgpu.
+
+    ``recall = sum_q |A_q & E_q| / sum_q |E_q|``, where ``E_q`` is the set of real ids (>= 0) among the
+    first ``k`` exact ids of query q and ``A_q`` the set of real ids among its first ``k`` approximate
+    ids. Empty exact slots (``-1``: the bank or the admitted set held fewer than k specs) are not counted
+    at all, neither as hits nor as misses; an empty approximate slot never matches.
+
+    Parameters
+    ----------
+    approx_ids, exact_ids : (Q, >= k) int arrays, or :class:`~lwgpu.search.results.Neighbors`
+        Ranked ids per query, best first, ``-1`` in empty slots.
+    k : int, optional
+        Columns compared; default: the columns both have.
+
+    Returns
+    -------
+    float in [0, 1]; ``nan`` when no exact slot is real (nothing to find) or Q = 0.
+
+    Raises
+    ------
+    ValueError
+        Different Q, not 2-D, or ``k`` outside ``[1, columns]``.
     """
-    a, e = np.asarray(approx_ids), np.asarray(exact_ids)
-    if a.ndim != 2 or e.ndim != 2 or a.shape[0] != e.shape[0]:
-        raise ValueError(f"approx_ids {a.shape} and exact_ids {e.shape} must be (Q, k) with the same Q")
+    a, e = _id_array(approx_ids, "approx_ids"), _id_array(exact_ids, "exact_ids")
+    if a.shape[0] != e.shape[0]:
+        raise ValueError(f"approx_ids {a.shape} and exact_ids {e.shape} must have the same number of queries")
     k = min(a.shape[1], e.shape[1]) if k is None else int(k)
     if k < 1 or k > a.shape[1] or k > e.shape[1]:
-        raise ValueError(f"k={k} exceeds the columns available ({a.shape[1]}, {e.shape[1]})")
-    if a.shape[0] == 0:
-        return float("nan")
-    hits = [len(set(ai[:k][ai[:k] >= 0].tolist()) & set(ei[:k].tolist())) / k for ai, ei in zip(a, e)]
-    return float(np.mean(hits))
+        raise ValueError(f"k={k} must be in [1, {min(a.shape[1], e.shape[1])}] for these arrays")
+    hits = total = 0
+    for ai, ei in zip(a[:, :k], e[:, :k]):
+        truth = set(ei[ei >= 0].tolist())
+        hits += len(truth & set(ai[ai >= 0].tolist()))
+        total += len(truth)
+    return float(hits) / total if total else float("nan")

@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
+from .. import settings
+from .backend import KernelBackend
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "cuda" / "mmd.cu"
 LOG2E = 1.4426950408889634
-THREADS = 256
+THREADS = 256  # threads per block: fixed by ``__launch_bounds__(256, ...)`` in mmd.cu
 SMEM_BYTES = 48 * 1024  # default dynamic shared-memory limit per block
 MAX_GRID_Y = 65535
 
@@ -106,3 +109,20 @@ def cross_terms(
             )
             fn((grid_x, q1 - q0), (THREADS,), args, shared_mem=plan["smem"])
     return out
+
+
+class CupyBackend(KernelBackend):
+    """The CUDA C kernel of ``cuda/mmd.cu`` through CuPy (float32 points; ``accumulate`` float32 or float64)."""
+
+    name = "cuda"
+    tile = settings.TILE_CUDA
+
+    def __init__(self, device: Any = "cuda", dtype: Any = None, accumulate: str = "float32") -> None:
+        super().__init__(device, dtype)
+        if accumulate not in ("float32", "float64"):
+            raise ValueError(f"accumulate must be 'float32' or 'float64', got {accumulate!r}")
+        self.accumulate = accumulate
+
+    def cross(self, qz, qb, bz, bb, gamma) -> torch.Tensor:
+        qz, qb = qz.to(self.device, torch.float32), qb.to(self.device, torch.float32)
+        return cross_terms(qz, qb, bz, bb, gamma, accumulate=self.accumulate)

@@ -18,6 +18,9 @@ import os
 import numpy as np
 import torch
 
+from .. import settings
+from .backend import KernelBackend
+
 logger = logging.getLogger(__name__)
 
 try:  # numba is optional; lwgpu.kernels only routes here when lwgpu.device.numba_available()
@@ -246,8 +249,8 @@ def cross_terms(qz, qb, bz, bb, gamma: float, **_: object) -> torch.Tensor:
     qp = (qc * (2.0 * float(gamma))).astype(np.float32)
     qw = np.zeros((q, kq4), np.float32)
     qw[:, :kq] = qb_np
-    k = bz_np.shape[1]
-    ch = max(1, min(384 // max(k, 1), 32768 // max(1, dp * k)))  # ~300 points per work item, zt in L1/L2
+    k = bz_np.shape[1]  # ~300 points per work item, its transposed buffer zt in L1/L2:
+    ch = max(1, min(settings.NUMBA_CHUNK_POINTS // max(k, 1), settings.NUMBA_CHUNK_FLOATS // max(1, dp * k)))
     _cross_kernel(qp, qn, qw, center.astype(np.float32), bz_np, bb_np, _counts(bb_np), g, ch, out)
     return torch.from_numpy(out)
 
@@ -280,3 +283,18 @@ def set_threads(n: int | None = None) -> int:
     n = int(n or os.environ.get("LWGPU_NUMBA_THREADS", 0) or numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     return n
+
+
+class NumbaBackend(KernelBackend):
+    """The fused numba CPU kernel (float32 loads, float64 spec sums); float64 self terms by its own kernel."""
+
+    name = "numba"
+    tile = settings.TILE_NUMBA
+
+    def cross(self, qz, qb, bz, bb, gamma) -> torch.Tensor:
+        return cross_terms(qz, qb, bz, bb, gamma)
+
+    def self_terms(self, z, beta, gamma) -> torch.Tensor:
+        if z.device.type != "cpu" or z.shape[0] * z.shape[1] == 0:
+            return super().self_terms(z, beta, gamma)
+        return self_terms(z, beta, gamma)

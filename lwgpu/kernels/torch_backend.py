@@ -1,4 +1,8 @@
-"""Gaussian kernel blocks in torch, batched over leading dimensions, on CPU or GPU."""
+"""Gaussian kernel blocks in torch, batched over leading dimensions, on CPU or GPU.
+
+The torch primitive of the fit engines and of the data-side sums (``RKME.residual``/``herd``, which pair
+spec points with raw data rows). Sums between specs go through a :class:`~lwgpu.kernels.KernelBackend`.
+"""
 from __future__ import annotations
 
 import torch
@@ -20,11 +24,3 @@ def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
     """``exp(-gamma ||a_i - b_j||^2)``: a (..., n, d), b (..., m, d) -> (..., n, m)."""
     return torch.exp(sqdist(a, b).mul_(-gamma))
-
-
-def weighted_kernel_sum(
-    za: torch.Tensor, ba: torch.Tensor, zb: torch.Tensor, bb: torch.Tensor, gamma: float
-) -> torch.Tensor:
-    """``sum_ij ba_i bb_j k(za_i, zb_j)``, batched: z (..., K, d), beta (..., K) -> (...)."""
-    k = gaussian_kernel(za, zb, gamma)
-    return torch.einsum("...i,...ij,...j->...", ba, k, bb)

@@ -11,6 +11,10 @@ from typing import Any
 
 import torch
 
+from .. import settings
+from ..spec.validation import check_same_kernel
+from .backend import KernelBackend
+
 
 def cross_terms(
     qz: torch.Tensor,
@@ -18,7 +22,7 @@ def cross_terms(
     bz: torch.Tensor,
     bb: torch.Tensor,
     gamma: float,
-    max_block_elems: int = 1 << 22,
+    max_block_elems: int = settings.TORCH_BLOCK_MAX,
     stats: dict[str, Any] | None = None,
     **_: Any,
 ) -> torch.Tensor:
@@ -81,3 +85,79 @@ def cross_terms(
     if stats is not None:
         stats["max_block"] = max(int(stats.get("max_block", 0)), big)
     return out
+
+
+class TorchBackend(KernelBackend):
+    """Torch on the CPU or a GPU, float32 or float64: the fallback everywhere and the float64 path.
+
+    ``max_block_elems`` caps the largest (query points x bank points) kernel block made at once
+    (default: 1/16 of the tile's own bytes, between ``settings.TORCH_BLOCK_MIN`` and ``TORCH_BLOCK_MAX``
+    elements); queries are split so that a block holds at least ``settings.TORCH_SPECS_PER_BLOCK`` bank specs.
+    """
+
+    name = "torch"
+    tile = settings.TILE_TORCH
+    dtypes = (torch.float32, torch.float64)
+
+    def __init__(self, device: Any = "cpu", dtype: Any = None, max_block_elems: int | None = None) -> None:
+        super().__init__(device, dtype)
+        self.max_block_elems = max_block_elems
+
+    def cross(self, qz, qb, bz, bb, gamma, stats: dict[str, Any] | None = None) -> torch.Tensor:
+        """float64 (Q, T) cross terms (see :meth:`KernelBackend.cross`); ``stats`` gets ``max_block``."""
+        qz, qb = qz.to(self.device, self.dtype), qb.to(self.device, self.dtype)
+        cap = self.max_block_elems or int(min(settings.TORCH_BLOCK_MAX,
+                                              max(settings.TORCH_BLOCK_MIN, bz.numel() * bz.element_size() // 16)))
+        per_block = settings.TORCH_SPECS_PER_BLOCK * qz.shape[1] * max(int(bz.shape[1]), 1)
+        qstep = max(1, cap // max(1, per_block))
+        if qstep >= qz.shape[0]:
+            return cross_terms(qz, qb, bz, bb, gamma, max_block_elems=cap, stats=stats)
+        return torch.cat([cross_terms(qz[s : s + qstep], qb[s : s + qstep], bz, bb, gamma, max_block_elems=cap,
+                                      stats=stats) for s in range(0, qz.shape[0], qstep)])
+
+    def mmd2_rows(self, queries: Any, bank: Any, positions: Any) -> torch.Tensor:
+        """float64 (Q, C) squared MMD of each query to its own bank rows (``positions`` int (Q, C), -1 -> inf).
+
+        Batched over queries (index re-ranking): each query's candidate points are gathered, centred on
+        the query's real points (MMD is shift invariant), and one batched GEMM gives every exponent;
+        blocks hold at most ``settings.INDEX_RERANK_TILE`` kernel values.
+        """
+        import math
+
+        import numpy as np
+
+        from .backend import pack, take_rows
+
+        q = pack(queries)
+        check_same_kernel(q.d, q.gamma, bank.d, bank.gamma, "the queries", "the bank")
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.ndim != 2 or pos.shape[0] != len(q):
+            raise ValueError(f"positions must have shape (Q={len(q)}, C), got {pos.shape}")
+        if pos.size and (pos.max() >= len(bank) or pos.min() < -1):
+            raise ValueError(f"positions must lie in [-1, N={len(bank)}); -1 marks an empty slot")
+        nq, nc = pos.shape
+        dev, dt, gamma = self.device, self.dtype, float(bank.gamma)
+        kq, kb, d = int(q.z.shape[1]), int(bank.z.shape[1]), int(bank.z.shape[2])
+        out = torch.full((nq, nc), math.inf, dtype=torch.float64, device=dev)
+        step = max(1, settings.INDEX_RERANK_TILE // max(1, kq * nc * kb))
+        with torch.no_grad():
+            for s in range(0, nq, step):
+                p = pos[s : s + step]
+                m = len(p)
+                flat = np.maximum(p, 0).reshape(-1)
+                zc = take_rows(bank.z, flat).to(dev, dt).reshape(m, nc * kb, d)
+                bc = take_rows(bank.beta, flat).to(dev, dt).reshape(m, nc, kb)
+                sc = take_rows(bank.self_inner, flat).to(dev, torch.float64).reshape(m, nc)
+                qz, qw = q.z[s : s + step].to(dev, dt), q.beta[s : s + step].to(dev, dt)
+                real = (qw != 0).to(dt).unsqueeze(-1)
+                centre = (qz * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1.0)
+                qz, zc = qz - centre, zc.sub_(centre)
+                # exponent -gamma (|a|^2 + |b|^2 - 2 a.b) from one batched GEMM, clamped at 0, exp in place
+                base = (qz * qz).sum(-1, keepdim=True) + (zc * zc).sum(-1).unsqueeze(1)  # (m, Kq, C*K)
+                kmat = base.baddbmm_(qz, zc.transpose(1, 2), beta=-gamma, alpha=2.0 * gamma).clamp_max_(0.0).exp_()
+                cross = torch.bmm(qw.unsqueeze(1), kmat).reshape(m, nc, kb).to(torch.float64)
+                cross = cross.mul_(bc.to(torch.float64)).sum(-1)
+                sq = q.self_inner[s : s + step].to(dev, torch.float64)
+                dist = (sq[:, None] - 2.0 * cross + sc).clamp_min_(0.0)
+                out[s : s + step] = dist.masked_fill_(torch.as_tensor(p < 0, device=dev), math.inf)
+        return out

@@ -10,15 +10,23 @@ weights ``w`` on the simplex minimise ``dist(U, sum_m w_m B_m) = <U,U> - 2 c'w +
 - :func:`mixture_auto` (after the reference's ``_search_by_rkme_spec_mixture_auto``): one QP over all
   candidates, keep the fewest heaviest ones that hold ``weight_cutoff`` of the mass (the reference
   leaves out the member that crosses the cutoff, so a 60/40 mixture came back as a single), re-solve.
+
+``G``, ``c`` and ``<U,U>`` come from :func:`gram_and_cross` / :func:`cross_and_self`, which ask the kernel
+backend for them, always in float64 (the backend's :attr:`~lwgpu.kernels.KernelBackend.precise` sibling:
+the candidates are few, and the QP compares small differences of these terms). Defaults live in
+:mod:`lwgpu.settings` (mixture section).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..kernels.torch_backend import gaussian_kernel
+from .. import settings
+from ..kernels import KernelBackend, get_backend
+from ..spec.qp import solve_simplex_qp
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +44,8 @@ def _solve(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Simplex QP min 0.5 w'Gw - c'w, batched: G (B, M, M), c (B, M) -> w (B, M)."""
     if G.shape[-1] == 1:
         return torch.ones_like(c)
-    from ..spec.qp import solve_simplex_qp
-
     # the active-set polish makes the answer exact for these small M, so few FISTA steps suffice
-    w = solve_simplex_qp(G, c, iters=300, check_every=25)
+    w = solve_simplex_qp(G, c, iters=settings.MIXTURE_QP_ITERS, check_every=settings.MIXTURE_QP_CHECK_EVERY)
     w = w.clamp_min(0.0)
     return w / w.sum(-1, keepdim=True).clamp_min(1e-300)
 
@@ -49,8 +55,17 @@ def _objective(uu: float, G: torch.Tensor, c: torch.Tensor, w: torch.Tensor) -> 
     return uu - 2.0 * (c * w).sum(-1) + torch.einsum("bi,bij,bj->b", w, G, w)
 
 
+def precise_backend(backend: "str | KernelBackend | None", device: Any) -> KernelBackend:
+    """The float64 backend mixture terms are computed with: ``backend.precise`` for a backend (or name,
+    resolved on ``device``), the float64 torch backend on ``device`` for None."""
+    if backend is None:
+        return get_backend("torch", device, torch.float64)
+    return get_backend(backend, device).precise
+
+
 def gram_and_cross(
-    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float, tile: int = 4096
+    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float,
+    backend: "str | KernelBackend | None" = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Float64 ``G`` (M, M), ``c`` (M,) and ``<U,U>`` for candidate specs and a user spec.
 
@@ -58,40 +73,30 @@ def gram_and_cross(
     ----------
     z, beta : (M, K, d), (M, K) candidate specs (zero weights pad ragged specs).
     zu, bu : (Ku, d), (Ku,) the user spec.
-    tile : rows of flattened candidate points per kernel block (memory O(tile * M * K)).
+    backend : the search's kernel backend (its float64 sibling computes the terms), or None for the
+        float64 torch backend on z's device.
     """
-    M, K, d = z.shape
-    z = z.to(torch.float64)
-    beta = beta.to(torch.float64)
-    zu, bu = zu.to(z.device, torch.float64), bu.to(z.device, torch.float64)
-    flat = z.reshape(M * K, d)
-    bflat = beta.reshape(M * K)
-    G = torch.empty(M, M, dtype=torch.float64, device=z.device)
-    step = max(1, tile // max(K, 1))
-    for i in range(0, M, step):
-        rows = flat[i * K : (i + step) * K]
-        kb = gaussian_kernel(rows, flat, gamma) * bflat[i * K : (i + step) * K, None] * bflat[None, :]
-        m = rows.shape[0] // K
-        G[i : i + m] = kb.reshape(m, K, M, K).sum(dim=(1, 3))
-    G = 0.5 * (G + G.T)
-    c, uu = cross_and_self(z, beta, zu, bu, gamma)
+    be = precise_backend(backend, z.device)
+    G = be.gram(z, beta, gamma)
+    c, uu = cross_and_self(z, beta, zu, bu, gamma, backend=be)
     return G, c, uu
 
 
 def cross_and_self(
-    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float
+    z: torch.Tensor, beta: torch.Tensor, zu: torch.Tensor, bu: torch.Tensor, gamma: float,
+    backend: "str | KernelBackend | None" = None,
 ) -> tuple[torch.Tensor, float]:
-    """Float64 ``c_m = <U, B_m>`` (M,) for candidates z (M, K, d), beta (M, K), and ``<U,U>``."""
-    M, K, d = z.shape
-    z, beta = z.to(torch.float64), beta.to(torch.float64)
-    zu, bu = zu.to(z.device, torch.float64), bu.to(z.device, torch.float64)
-    c = ((bu @ gaussian_kernel(zu, z.reshape(M * K, d), gamma)) * beta.reshape(M * K)).reshape(M, K).sum(1)
-    uu = float(bu @ gaussian_kernel(zu, zu, gamma) @ bu)
+    """Float64 ``c_m = <U, B_m>`` (M,) for candidates z (M, K, d), beta (M, K), and ``<U,U>`` (a float);
+    ``backend`` as in :func:`gram_and_cross`."""
+    be = precise_backend(backend, z.device)
+    c = be.cross(zu[None].to(be.device, be.dtype), bu[None].to(be.device, be.dtype), z, beta, gamma)[0]
+    uu = float(be.self_terms(zu[None].to(be.device, be.dtype), bu[None].to(be.device, be.dtype), gamma)[0])
     return c, uu
 
 
 def mixture_greedy(
-    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int, decay_rate: float = 0.95
+    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int = settings.MIXTURE_MAX,
+    decay_rate: float = settings.MIXTURE_DECAY_RATE,
 ) -> Mixture:
     """Greedy forward selection over M candidates (G (M, M), c (M,), ``uu = <U,U>``)."""
     M = int(c.shape[0])
@@ -122,7 +127,7 @@ def mixture_greedy(
     return _drop_zero(selected, best_w, best)
 
 
-def _drop_zero(members: list[int], w: torch.Tensor, val: float, tol: float = 1e-6) -> Mixture:
+def _drop_zero(members: list[int], w: torch.Tensor, val: float, tol: float = settings.MIXTURE_MIN_WEIGHT) -> Mixture:
     """Leave out members whose optimal weight is (numerically) zero; they do not change the mixture."""
     keep = [(m, float(x)) for m, x in zip(members, w.cpu().tolist()) if x > tol]
     total = sum(x for _, x in keep)
@@ -130,7 +135,8 @@ def _drop_zero(members: list[int], w: torch.Tensor, val: float, tol: float = 1e-
 
 
 def mixture_auto(
-    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int, weight_cutoff: float = 0.98
+    G: torch.Tensor, c: torch.Tensor, uu: float, max_mixture: int = settings.MIXTURE_MAX,
+    weight_cutoff: float = settings.MIXTURE_WEIGHT_CUTOFF,
 ) -> Mixture:
     """One QP over all candidates; keep the heaviest up to ``weight_cutoff`` of the mass; re-solve."""
     M = int(c.shape[0])
@@ -141,7 +147,7 @@ def mixture_auto(
     chosen: list[int] = []
     acc = 0.0
     for i in order:  # the fewest heaviest members holding weight_cutoff of the mass (the reference
-        if acc >= weight_cutoff or float(w[i]) <= 1e-6:  # stops *before* the crossing one, which drops
+        if acc >= weight_cutoff or float(w[i]) <= settings.MIXTURE_MIN_WEIGHT:  # stops *before* the crossing one, which drops
             break  # the second of two equal halves; we keep it)
         chosen.append(i)
         acc += float(w[i])

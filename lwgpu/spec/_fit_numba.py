@@ -1,4 +1,4 @@
-"""CPU kernel of :func:`lwgpu.spec.fit.fit_many`: the whole fit of one dataset in one numba call.
+"""CPU kernel of :func:`lwgpu.spec.fit.fit_arrays`: the whole fit of one dataset in one numba call.
 
 Same algorithm, same random draws and same accept/reject rule as the torch path in
 :mod:`lwgpu.spec.fit` (blocked k-means++ seeding, Lloyd, the better of centroids and seeds,

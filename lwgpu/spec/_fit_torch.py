@@ -1,4 +1,4 @@
-"""The torch engine of :func:`lwgpu.spec.fit.fit_many`: datasets in padded (B, n, d) batches.
+"""The torch engine of :func:`lwgpu.spec.fit.fit_arrays`: datasets in padded (B, n, d) batches.
 
 The GPU path (one batch fits hundreds of datasets at once), and an option on the CPU, where per-op
 overhead bounds it. The algorithm is the one described in :mod:`lwgpu.spec.fit`.

@@ -21,6 +21,9 @@ Algorithm (defaults match the reference package: K=100, gamma=0.1, k-means init,
    for the new z by the batched simplex QP (:func:`lwgpu.spec.qp.solve_simplex_qp`, warm-started).
 3. A final QP for beta (with the exact active-set polish) with ``c = m(z)`` over the full data.
 
+:func:`fit_arrays` returns the fitted arrays; :meth:`lwgpu.spec.rkme.RKME.fit_many` (the public entry
+point) wraps them into specs. Defaults live in :mod:`lwgpu.settings` (specs section).
+
 Two engines run this same algorithm on the same random draws (``engine="auto"`` picks):
 
 - ``"numba"`` (the CPU default): the whole fit of one dataset in one compiled kernel
@@ -36,7 +39,7 @@ beta always uses every row. ``step_size=`` (with e.g. ``steps=3``) selects the r
 scheme instead: plain exact-gradient steps of fixed size, beta re-solved after each.
 
 Every random draw of a dataset comes from a generator seeded with that dataset's seed, and each
-dataset's accept/reject decisions are its own, so ``fit_many`` gives the same specs as fitting
+dataset's accept/reject decisions are its own, so ``fit_arrays`` gives the same specs as fitting
 one dataset at a time (up to floating-point rounding).
 """
 from __future__ import annotations
@@ -47,33 +50,34 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .. import settings
 from ..device import numba_available, resolve_device, resolve_dtype, single_torch_thread
 from .validation import as_matrix, check_gamma, check_K
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit_many", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
+__all__ = ["fit_arrays", "effective_K", "DEFAULT_STEPS", "DEFAULT_MAX_POINTS"]
 
 #: Rounds of (z step, beta QP) when ``steps=None``: as many as the reference package takes, each a
 #: better step (residual 0.2-0.35x the reference's, see benchmarks/RESULTS.md); 10-30 lowers it further.
-DEFAULT_STEPS = 3
+DEFAULT_STEPS = settings.FIT_STEPS
 #: Rows per dataset used for the z-steps (all rows when n is smaller); the final beta uses all rows.
-DEFAULT_MAX_POINTS = 2048
+DEFAULT_MAX_POINTS = settings.FIT_MAX_POINTS
 
 _OPTIONS = {
     "step_size": None,  # float: reference-style fixed-size gradient steps
-    "max_points": DEFAULT_MAX_POINTS,
-    "kmeans_iters": 2,
-    "kmeans_rounds": 10,  # blocks of D^2 sampling in the k-means++ seeding (None: classic)
-    "qp_iters": 50,  # per-round QP iterations (warm-started; z moves again next round)
-    "final_qp_iters": 3000,
-    "batch_memory": 2**28,  # bytes of kernel blocks per batch
-    "chunk_rows": 65536,  # rows per tile in the full-data pass
+    "max_points": settings.FIT_MAX_POINTS,
+    "kmeans_iters": settings.FIT_KMEANS_ITERS,
+    "kmeans_rounds": settings.FIT_KMEANS_ROUNDS,  # blocks of D^2 sampling in the k-means++ seeding (None: classic)
+    "qp_iters": settings.FIT_QP_ITERS,  # per-round QP iterations (warm-started; z moves again next round)
+    "final_qp_iters": settings.FIT_FINAL_QP_ITERS,
+    "batch_memory": settings.FIT_BATCH_MEMORY,  # bytes of kernel blocks per batch
+    "chunk_rows": settings.FIT_CHUNK_ROWS,  # rows per tile in the full-data pass
     "progress": None,  # None: a bar when fitting >= 8 datasets
-    "min_eta": 1.0 / 1024,
-    "max_eta": 2.0,
-    "small_work": 1 << 27,  # CPU batches with fewer kernel-block entries x d run on one torch thread
-    "engine": "auto",  # "numba": one fused kernel per dataset (CPU); "torch": padded batches; auto: numba on CPU
+    "min_eta": settings.FIT_MIN_ETA,
+    "max_eta": settings.FIT_MAX_ETA,
+    "small_work": settings.FIT_SMALL_WORK,  # CPU batches with fewer kernel-block entries x d run on one torch thread
+    "engine": settings.FIT_ENGINE,  # "numba": one fused kernel per dataset (CPU); "torch": padded batches; auto: numba on CPU
 }
 
 
@@ -91,18 +95,18 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
-def fit_many(
+def fit_arrays(
     datasets: Sequence[Any],
-    K: int = 100,
-    gamma: float = 0.1,
+    K: int = settings.K,
+    gamma: float = settings.GAMMA,
     steps: int | None = None,
     device: str | torch.device | None = "auto",
     seed: int | Sequence[int] = 0,
     dtype: str | torch.dtype | None = None,
     nan_policy: str = "raise",
     **options: Any,
-) -> list:
-    """Fit one RKME per dataset, many at once in padded batches.
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Fit one RKME per dataset, many at once (:meth:`lwgpu.spec.rkme.RKME.fit_many` wraps the result).
 
     Parameters
     ----------
@@ -130,10 +134,9 @@ def fit_many(
 
     Returns
     -------
-    list of :class:`lwgpu.spec.rkme.RKME`, in input order, with ``num_points`` set.
+    list of ``(z (K_i, d_i), beta (K_i,), n_i)`` in input order: points and weights in ``dtype`` on
+    ``device``, and the rows each dataset had.
     """
-    from .rkme import RKME
-
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ValueError(f"unknown fit options {unknown}; known options are {sorted(_OPTIONS)}")
@@ -176,8 +179,8 @@ def fit_many(
                 fitted = fit_all(xs, Ks, gamma, steps, seeds, opts, dev, bar)
     results = []
     for i, (z, beta) in enumerate(fitted):
-        z = (z.to(torch.float64) + mus[i].to(z.device)).to(dt)
-        results.append(RKME(z, beta, gamma=gamma, num_points=int(xs[i].shape[0]), dtype=dt, device=dev))
+        z = (z.to(torch.float64) + mus[i].to(z.device)).to(dev, dt)
+        results.append((z, torch.as_tensor(beta).to(dev, dt).reshape(-1), int(xs[i].shape[0])))
     logger.info("fitted %d RKME specs (K=%d, gamma=%g, steps=%d) with the %s engine on %s",
                 len(datasets), K, gamma, steps, engine, dev)
     return results

@@ -3,6 +3,11 @@
 An RKME is ``K`` points ``z`` (K, d) with weights ``beta`` (K,) such that
 ``sum_i beta_i k(z_i, .)`` approximates the kernel mean embedding ``1/n sum_j k(x_j, .)`` of the
 data, with the Gaussian kernel ``k(a, b) = exp(-gamma ||a - b||^2)``.
+
+Inner products and distances go through a kernel backend (:mod:`lwgpu.kernels`): by default the float64
+torch backend on the spec's device (exact to float64 rounding, as the reference package computes them);
+pass ``backend=`` (a name or a :class:`~lwgpu.kernels.KernelBackend`) to use another. Fitting lives in
+:mod:`lwgpu.spec.fit`, which returns arrays that :meth:`RKME.fit_many` wraps.
 """
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .. import settings
 from ..device import resolve_device, resolve_dtype
-from ..kernels.torch_backend import gaussian_kernel, weighted_kernel_sum
+from ..kernels import backend as kernel_backend  # a module alias: lwgpu.kernels imports lwgpu.spec.validation
+from ..kernels.torch_backend import gaussian_kernel
+from .fit import fit_arrays
 from .validation import as_matrix, check_gamma, check_same_kernel
 
 logger = logging.getLogger(__name__)
@@ -47,7 +55,7 @@ class RKME:
         self,
         z: Any,
         beta: Any,
-        gamma: float = 0.1,
+        gamma: float = settings.GAMMA,
         num_points: int = 0,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = "cpu",
@@ -110,23 +118,27 @@ class RKME:
             raise ValueError(f"expected an RKME, got {type(other).__name__}")
         check_same_kernel(self.d, self.gamma, other.d, other.gamma)
 
-    def inner(self, other: "RKME") -> float:
-        """RKHS inner product ``<A, B> = sum_ij beta^A_i beta^B_j k(z^A_i, z^B_j)``."""
+    def _backend(self, backend: Any = None) -> "kernel_backend.KernelBackend":
+        """``backend`` resolved on this spec's device; None: the float64 torch backend there."""
+        if backend is None:
+            return kernel_backend.get_backend("torch", self.device, torch.float64)
+        return kernel_backend.get_backend(backend, self.device)
+
+    def inner(self, other: "RKME", backend: Any = None) -> float:
+        """RKHS inner product ``<A, B> = sum_ij beta^A_i beta^B_j k(z^A_i, z^B_j)`` (float64 by default)."""
         self._check_compatible(other)
-        dt = torch.promote_types(self.dtype, other.dtype)
-        zb, bb = other.z.to(self.device, dt), other.beta.to(self.device, dt)
-        return float(weighted_kernel_sum(self.z.to(dt), self.beta.to(dt), zb, bb, self.gamma))
+        return self._backend(backend).inner(self.z, self.beta, other.z, other.beta, self.gamma)
 
     @property
     def self_inner(self) -> float:
-        """``<A, A>``, computed once and cached."""
+        """``<A, A>`` in float64, computed once and cached."""
         if self._self_inner is None:
-            self._self_inner = float(weighted_kernel_sum(self.z, self.beta, self.z, self.beta, self.gamma))
+            self._self_inner = float(self._backend().self_terms(self.z[None], self.beta[None], self.gamma)[0])
         return self._self_inner
 
-    def dist(self, other: "RKME") -> float:
-        """Squared MMD ``<A,A> - 2<A,B> + <B,B>`` (no square root), as in the reference package."""
-        return self.self_inner - 2.0 * self.inner(other) + other.self_inner
+    def dist(self, other: "RKME", backend: Any = None) -> float:
+        """Squared MMD ``<A,A> - 2<A,B> + <B,B>`` (no square root, not clamped), as in the reference package."""
+        return self.self_inner - 2.0 * self.inner(other, backend) + other.self_inner
 
     def residual(self, X: Any, tile: int = 65536, nan_policy: str = "raise") -> float:
         """MMD^2 between this spec and the full empirical embedding ``1/n sum_j k(x_j, .)`` of X (n, d).
@@ -139,7 +151,7 @@ class RKME:
             raise ValueError(f"X has d={x.shape[1]} columns but the spec has d={self.d}")
         n = x.shape[0]
         z, beta = self.z.double(), self.beta.double()
-        zz = float(weighted_kernel_sum(z, beta, z, beta, self.gamma))
+        zz = self.self_inner
         zx = 0.0
         xx = 0.0
         for i in range(0, n, tile):
@@ -179,8 +191,8 @@ class RKME:
     def fit(
         cls,
         X: Any,
-        K: int = 100,
-        gamma: float = 0.1,
+        K: int = settings.K,
+        gamma: float = settings.GAMMA,
         steps: int | None = None,
         device: str | torch.device | None = "auto",
         seed: int = 0,
@@ -189,34 +201,30 @@ class RKME:
         **options: Any,
     ) -> "RKME":
         """Fit an RKME of ``K`` points to data X (n, d); see :mod:`lwgpu.spec.fit` for the optimiser."""
-        from .fit import fit_many
-
-        return fit_many(
-            [X], K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype, nan_policy=nan_policy,
-            **options,
-        )[0]
+        return cls.fit_many([X], K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype,
+                            nan_policy=nan_policy, **options)[0]
 
     @classmethod
     def fit_many(
         cls,
         datasets: Sequence[Any],
-        K: int = 100,
-        gamma: float = 0.1,
+        K: int = settings.K,
+        gamma: float = settings.GAMMA,
         steps: int | None = None,
         device: str | torch.device | None = "auto",
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         dtype: str | torch.dtype | None = None,
         nan_policy: str = "raise",
         **options: Any,
     ) -> list["RKME"]:
-        """Fit one RKME per dataset: the fused numba kernel on the CPU, padded batches on a GPU
-        (either way the same result as one at a time); see :func:`lwgpu.spec.fit.fit_many`."""
-        from .fit import fit_many
+        """Fit one RKME per dataset (each (n_i, d_i)), in input order with ``num_points`` set: the fused
+        numba kernel on the CPU, padded batches on a GPU (either way the same result as one at a time).
 
-        return fit_many(
-            datasets, K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype,
-            nan_policy=nan_policy, **options,
-        )
+        Parameters and options as in :func:`lwgpu.spec.fit.fit_arrays` (``steps=None``: ``settings.FIT_STEPS``).
+        """
+        fitted = fit_arrays(datasets, K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype,
+                            nan_policy=nan_policy, **options)
+        return [cls(z, beta, gamma=gamma, num_points=n, dtype=z.dtype, device=z.device) for z, beta, n in fitted]
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

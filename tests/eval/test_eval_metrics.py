@@ -38,6 +38,21 @@ def test_recall_at_k():
     assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 0) / 2)
     assert recall_at_k(approx, exact, 1) == 0.0
     assert recall_at_k(exact, exact) == 1.0
+    # the one rule: empty exact slots (-1: fewer than k specs) count neither as hits nor as misses,
+    # pooled over queries; an empty approximate slot never matches
+    assert recall_at_k(np.array([[1, -1, -1]]), np.array([[1, -1, -1]])) == 1.0
+    assert recall_at_k(np.array([[7, 1, 5], [2, -1, -1]]), np.array([[1, 5, -1], [2, 3, 4]])) == pytest.approx(3 / 5)
+    assert recall_at_k(np.array([[1, 1, 1]]), np.array([[1, 2, 3]])) == pytest.approx(1 / 3)  # repeats count once
+    assert np.isnan(recall_at_k(np.array([[1, 2]]), np.array([[-1, -1]])))
+    from lwgpu.search import Neighbors
+    nb = Neighbors.padded(np.array([[0.1, 0.2]]), np.array([[5, 6]]), 3)
+    assert recall_at_k(nb, np.array([[6, 5, 9]]), k=2) == 1.0 and recall_at_k(nb, np.array([[6, 5, 9]])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="same number"):
+        recall_at_k(exact[:1], exact)
+    with pytest.raises(ValueError, match="k="):
+        recall_at_k(exact, exact, 4)
+    with pytest.raises(ValueError, match="Q, k"):
+        recall_at_k(exact[0], exact[0])
 
 
 def test_latency_stats_percentiles():

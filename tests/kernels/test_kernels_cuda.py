@@ -11,8 +11,7 @@ from lwgpu.bank import SpecBank
 from lwgpu.device import cupy_available
 from lwgpu.kernels import cupy_mmd, mmd2
 from lwgpu.spec.rkme import RKME
-from tests.kernels.kernel_helpers import reference_terms, rel_err
-from tests.kernels.test_kernels_backends import ragged_bank
+from tests.kernels.kernel_helpers import ragged_bank, reference_terms, rel_err
 
 ENTRY_POINTS = [f"mmd_cross_{a}_{w}" for a in ("f32", "f64") for w in ("d16", "d32", "d64", "dgen")]
 

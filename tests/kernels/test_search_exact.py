@@ -1,15 +1,16 @@
-"""search_exact: exact top-k against the float64 brute force, ties by id, clipping, empty bank, errors."""
+"""search_exact: exact top-k against the float64 brute force, ties by id, padding, empty bank, errors."""
 import numpy as np
 import pytest
+import torch
 
 from lwgpu.bank import SpecBank
 from lwgpu.device import numba_available
-from lwgpu.search import search_exact
+from lwgpu.kernels import get_backend
+from lwgpu.search import Neighbors, search_exact
 from lwgpu.search.exact import merge_topk
 from lwgpu.spec.rkme import RKME
 from lwgpu_testutil import random_spec_arrays
-from tests.kernels.kernel_helpers import reference_terms
-from tests.kernels.test_kernels_backends import ALL, device_of, ragged_bank
+from tests.kernels.kernel_helpers import ALL, device_of, ragged_bank, reference_terms
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -19,7 +20,9 @@ def test_topk_matches_brute_force(rng, backend):
     q, qs = ragged_bank(rng, 5, 6, 3, scale=0.7)
     dist, _ = reference_terms(q, bank)
     for chunk in (1000, 17):  # one pass, and many merges of small chunks
-        d, ids = search_exact(bank, qs, k=8, backend=backend, device=device_of(backend), chunk=chunk)
+        nb = search_exact(bank, qs, k=8, backend=backend, device=device_of(backend), chunk=chunk)
+        assert isinstance(nb, Neighbors) and nb.method == "exact"
+        d, ids = nb
         assert d.shape == ids.shape == (5, 8) and ids.dtype == np.int64
         order = np.argsort(dist, axis=1, kind="stable")[:, :8]
         assert np.array_equal(ids, bank.ids[order])
@@ -48,16 +51,20 @@ def test_duplicate_specs_tie_ordered_by_id(rng):
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_k_clipped_empty_bank_and_errors(rng, backend):
+def test_fewer_than_k_padded_empty_bank_and_errors(rng, backend):
     dev = device_of(backend)
     bank, _ = ragged_bank(rng, 4, 3, 2)
     q = RKME(*random_spec_arrays(rng, 3, 2), 0.1)
     d, ids = search_exact(bank, q, k=10, backend=backend, device=dev)
-    assert d.shape == (1, 4) and sorted(ids[0].tolist()) == [0, 1, 2, 3]
-    d, ids = search_exact(SpecBank(0.1, 2), [q, q], k=5, backend=backend, device=dev)
-    assert d.shape == ids.shape == (2, 0)
+    assert d.shape == ids.shape == (1, 10) and sorted(ids[0, :4].tolist()) == [0, 1, 2, 3]
+    assert np.all(np.isfinite(d[0, :4])) and np.all(np.isinf(d[0, 4:])) and np.all(ids[0, 4:] == -1)
+    nb = search_exact(SpecBank(0.1, 2), [q, q], k=5, backend=backend, device=dev)
+    assert nb.dists.shape == nb.ids.shape == (2, 5) and np.all(nb.ids == -1) and np.all(np.isinf(nb.dists))
+    assert not nb.found().any()
     with pytest.raises(ValueError, match="k must be"):
         search_exact(bank, q, k=0)
+    with pytest.raises(ValueError, match="chunk"):
+        search_exact(bank, q, chunk=0)
     with pytest.raises(ValueError, match="dimension"):
         search_exact(bank, RKME(*random_spec_arrays(rng, 3, 5), 0.1), backend=backend, device=dev)
     with pytest.raises(ValueError, match="gamma"):
@@ -73,7 +80,22 @@ def test_mmap_bank_search(tmp_path, rng):
     q, qs = ragged_bank(rng, 3, 5, 3)
     a = search_exact(bank, q, k=7, device="cpu")
     b = search_exact(back, q, k=7, device="cpu", chunk=13, tile=5)
-    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0], atol=1e-12)
+    assert np.array_equal(a.ids, b.ids) and np.allclose(a.dists, b.dists, atol=1e-12)
+
+
+def test_backend_object_and_float64_bank(rng):
+    """A ready backend object is used as given; a float64 bank scans in float64 (torch) by default."""
+    bank, _ = ragged_bank(rng, 60, 5, 3, shift=4.0)
+    q, qs = ragged_bank(rng, 2, 5, 3, shift=4.0)
+    dist, _ = reference_terms(q, bank)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :6]
+    be = get_backend("torch", "cpu", torch.float64)
+    for b, backend in ((bank, be), (bank.to(dtype="float64"), "auto")):
+        d, ids = search_exact(b, qs, k=6, backend=backend, device="cpu", chunk=25)
+        assert np.array_equal(ids, bank.ids[order]) and np.allclose(d, np.take_along_axis(dist, order, 1),
+                                                                    atol=1e-10)
+    with pytest.raises(ValueError, match="options"):
+        search_exact(bank, qs, backend=be, max_block_elems=1 << 16)
 
 
 def clustered_bank(rng, n_clusters, per, d, kmax=6):
@@ -92,13 +114,15 @@ def test_pivot_pruning_is_exact(rng, backend):
 
     bank, specs = clustered_bank(rng, 30, 40, 3)
     bank = bank.subset(rng.permutation(bank.ids))
-    piv = Pivots(bank, m=6, seed=1, backend=backend, device="cpu")
+    piv = Pivots(bank, m=6, seed=1, backend=get_backend(backend, "cpu"))
     assert piv.table.shape == (len(bank), 6) and piv.slack > 0
     queries = [RKME(s.z.numpy() + 0.1, s.beta.numpy(), 0.1) for s in specs[::241]]
     full = search_exact(bank, queries, k=5, backend=backend, device="cpu")
     pruned = search_exact(bank, queries, k=5, backend=backend, device="cpu", pivots=piv)
     assert np.array_equal(full[1], pruned[1]) and np.allclose(full[0], pruned[0], atol=1e-6)
     assert piv.last_visited < 0.5  # clustered market: the bounds skip most specs
+    big_k = search_exact(bank, queries[:1], k=len(bank) + 3, backend=backend, device="cpu", pivots=piv)
+    assert np.array_equal(np.sort(big_k.ids[0, : len(bank)]), np.sort(bank.ids)) and np.all(big_k.ids[0, -3:] == -1)
     # the bound really is a lower bound on sqrt(dist) for every spec
     from lwgpu.kernels import mmd2
     qb = SpecBank.from_specs(queries[:1])

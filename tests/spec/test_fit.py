@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from lwgpu.kernels.reference import gaussian_gram, residual
-from lwgpu.spec.fit import effective_K, fit_many
+from lwgpu.spec.fit import effective_K, fit_arrays
 from lwgpu.spec.kmeans import kmeans
 from lwgpu.spec.rkme import RKME
+
+fit_many = RKME.fit_many  # the public entry point (lwgpu.spec.fit.fit_arrays returns the arrays)
 
 
 def mean_gram(x, gamma=0.1):
@@ -112,6 +114,16 @@ def test_fit_many_equals_one_at_a_time(dtype, tol, engine):
         assert spec.K == one.K == effective_K(30, len(x)) and spec.num_points == len(x)
         np.testing.assert_allclose(spec.z.numpy(), one.z.numpy(), atol=tol * 10)
         np.testing.assert_allclose(spec.beta.numpy(), one.beta.numpy(), atol=tol)
+
+
+def test_fit_arrays_returns_what_fit_many_wraps():
+    """lwgpu.spec.fit returns arrays (no RKME: fit.py and rkme.py do not import each other both ways)."""
+    x = mixture(np.random.default_rng(2), 60, 3)
+    (z, beta, n), = fit_arrays([x], K=7, device="cpu", seed=3, dtype="float64")
+    spec = RKME.fit(x, K=7, device="cpu", seed=3, dtype="float64")
+    assert n == 60 == spec.num_points and z.shape == (7, 3) and beta.shape == (7,) and z.dtype == torch.float64
+    np.testing.assert_array_equal(spec.z.numpy(), z.numpy())
+    np.testing.assert_array_equal(spec.beta.numpy(), beta.numpy())
 
 
 def test_small_n_uses_reference_K_rule_and_seed_list():

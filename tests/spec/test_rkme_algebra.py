@@ -9,6 +9,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lwgpu import RKME
+from lwgpu.device import numba_available
+from lwgpu.kernels import get_backend
 from lwgpu.kernels import reference as ref
 from lwgpu_testutil import FIXTURES, random_spec_arrays
 
@@ -23,6 +25,20 @@ def test_inner_and_dist_match_bruteforce(rng, d, dtype, tol):
     assert A.inner(B) == pytest.approx(ref.inner(za, ba, zb, bb, gamma), abs=tol, rel=tol)
     assert A.dist(B) == pytest.approx(ref.mmd2(za, ba, zb, bb, gamma), abs=tol, rel=tol)
     assert A.self_inner == pytest.approx(ref.inner(za, ba, za, ba, gamma), abs=tol, rel=tol)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (["numba"] if numba_available() else []))
+def test_inner_through_another_backend(rng, backend):
+    """RKME.inner/dist default to float64 torch; any backend (name or object) may be passed instead."""
+    za, ba = random_spec_arrays(rng, 9, 4)
+    zb, bb = random_spec_arrays(rng, 6, 4)
+    A, B = RKME(za, ba, 0.2), RKME(zb, bb, 0.2)
+    be = get_backend(backend, "cpu")
+    want = ref.inner(A.z.double().numpy(), A.beta.double().numpy(), B.z.double().numpy(), B.beta.double().numpy(), 0.2)
+    assert A.inner(B, backend=be) == pytest.approx(want, abs=1e-6)
+    assert A.inner(B, backend=backend) == pytest.approx(want, abs=1e-6)
+    assert A.inner(B) == pytest.approx(want, abs=1e-13)  # float64 from the float32-stored points
+    assert A.dist(B, backend=be) == pytest.approx(A.dist(B), abs=1e-6)
 
 
 def test_reference_fixture_distances():
