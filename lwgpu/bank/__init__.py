@@ -1,108 +1,116 @@
-"""SpecBank: many RKMEs packed as arrays (ids, z, beta, self terms), in memory, on a device, or memory-mapped.
+"""SpecBank: many RKMEs packed as arrays (ids, z, beta, self terms) in growable, optionally memory-mapped storage.
 
-Layout (N specs, at most K points each, dimension d):
+Layout (N live specs, at most K points each, dimension d):
 
-- ``ids``        np.int64 (N,)       unique spec ids, aligned with every other array
+- ``ids``        np.int64 (N,)       unique spec ids, aligned with every other array (not insertion order)
 - ``z``          torch (N, K, d)     float32 points; specs with fewer than K points are padded with zeros
 - ``beta``       torch (N, K)        weights; padding points carry weight 0 (so they change no sum)
 - ``counts``     np.int32 (N,)       each spec's own number of points (padding starts there)
 - ``self_inner`` torch float64 (N,)  ``<B, B>``, computed once at insertion, in float64, from the stored z
 
-One bank holds one ``gamma`` and one ``d``; adding a spec with another is refused with a ValueError.
-``save(dir)`` writes one ``.npy`` file per array plus ``meta.json``; ``SpecBank.load(dir, mmap=True)``
-maps them without reading, so a bank larger than RAM is scanned tile by tile by the kernels.
+The five are views of the live prefix of buffers that grow by doubling (:mod:`lwgpu.bank.storage`):
+``add`` of a batch is one append (one self-terms call), ``remove`` moves the last rows into the holes;
+both are amortised O(changed rows). A view taken from a bank reflects later changes to it until it grows.
+
+Storage: in memory (the constructors, :meth:`~SpecBank.load`), or persistent: :meth:`~SpecBank.create` /
+:meth:`~SpecBank.open` give a bank whose buffers are raw memory-mapped files (:mod:`lwgpu.bank.files`);
+appends and deletes write only the rows they touch and :meth:`~SpecBank.flush` makes them durable
+(msync + an atomic ``meta.json``). ``save``/``load`` write and read plain snapshots (the old ``.npy``
+layout is still read). One bank holds one ``gamma`` and one ``d``; another is refused with a ValueError.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .device import resolve_device, resolve_dtype
-from .spec.validation import check_gamma, same_gamma
+from .pack import as_ids, check_arrays, check_specs, pack_specs
+from .persist import FORMAT, PersistentBank  # noqa: F401 - FORMAT re-exported
+from .storage import IdMap, RowStore
+from ..device import resolve_device, resolve_dtype
+from ..spec.validation import check_gamma, same_gamma
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "lwgpu.SpecBank/1"
-_ARRAYS = ("ids", "z", "beta", "counts", "self_inner")
 
 
-def self_terms(
-    z: torch.Tensor, beta: torch.Tensor, gamma: float, tile_elems: int = 1 << 22, backend: str = "auto"
-) -> torch.Tensor:
-    """``<B_n, B_n>`` for every spec, in float64, tiled over specs.
+def _self_terms(z: torch.Tensor, beta: torch.Tensor, gamma: float) -> torch.Tensor:
+    from ..kernels import get_backend
 
-    z: (N, K, d), beta: (N, K) -> float64 (N,) on z's device, exact to float64 rounding for the stored
-    (float32) points: the numba kernel on a CPU (explicit differences), else torch blocks of specs
-    centred on their own mean (so the expansion |a|^2 + |b|^2 - 2ab loses nothing in float64).
-    """
-    n, k, d = z.shape
-    if backend not in ("auto", "numba", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    if z.device.type == "cpu" and n * k > 0 and backend != "torch":
-        from .device import numba_available
-
-        if numba_available():  # float64 numba kernel: ~10x faster than the torch blocks on a CPU
-            from .kernels.numba_mmd import self_terms as numba_self_terms
-
-            return numba_self_terms(z, beta, gamma)
-    out = torch.empty(n, dtype=torch.float64, device=z.device)
-    step = max(1, tile_elems // max(1, k * max(k, d)))
-    for s in range(0, n, step):
-        zt = z[s : s + step].to(torch.float64)
-        zt = zt - zt.mean(1, keepdim=True)  # MMD is shift invariant; centring keeps the expansion exact
-        bt = beta[s : s + step].to(torch.float64)
-        sq = (zt * zt).sum(-1)
-        d2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], zt, zt.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
-        out[s : s + step] = torch.einsum("ni,nij,nj->n", bt, d2.mul_(-gamma).exp_(), bt)
-    return out
+    return get_backend("auto", z.device, z.dtype).self_terms(z, beta, gamma)
 
 
-def _as_ids(ids: Any, n: int) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"ids must be a 1-D sequence of {n} integers, got shape {arr.shape}")
-    if n and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"ids must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if len(np.unique(arr)) != n:
-        raise ValueError("ids must be unique; the given ids contain duplicates")
-    return arr
-
-
-class SpecBank:
+class SpecBank(PersistentBank):
     """An empty bank for specs of dimension ``d`` under kernel bandwidth ``gamma``.
 
-    Use :meth:`from_specs` / :meth:`from_arrays` / :meth:`load` to build a filled one, then
-    :meth:`add` / :meth:`remove`. All arrays stay aligned with ``ids``.
+    Use :meth:`from_specs` / :meth:`from_arrays` / :meth:`load` / :meth:`open` for a filled one, then
+    :meth:`add` / :meth:`add_arrays` / :meth:`remove`. All arrays stay aligned with ``ids``.
     """
+
+    #: keep a separate device copy of z/beta/self_inner: None = on a GPU only (tests force it on a CPU)
+    _mirror: bool | None = None
 
     def __init__(self, gamma: float, d: int, K: int = 0, dtype: Any = None, device: Any = "cpu") -> None:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise ValueError(f"d must be an integer >= 1, got {d!r}")
         self.gamma: float = check_gamma(gamma)
         self.d: int = int(d)
-        dt, dev = resolve_dtype(dtype), resolve_device(device)
-        self._set_arrays(
-            np.empty(0, np.int64), torch.zeros(0, int(K), self.d, dtype=dt, device=dev),
-            torch.zeros(0, int(K), dtype=dt, device=dev), np.empty(0, np.int32),
-            torch.zeros(0, dtype=torch.float64, device=dev),
-        )
+        self._store = RowStore.empty(int(K), self.d, resolve_device(device), resolve_dtype(dtype),
+                                     mirror=self._mirror)
+        self._idmap = IdMap()
+        self._readonly = False
+        #: incremented by every change (add, remove): followers (an index) compare it instead of the ids
+        self.version = 0
+
+    # ------------------------------------------------------------------ live views
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 (N,) ids, a read-only view (copy it to keep it across changes)."""
+        v = self._store.live("ids")
+        v.flags.writeable = False
+        return v
+
+    @property
+    def counts(self) -> np.ndarray:
+        """int32 (N,) each spec's own number of points (read-only view)."""
+        v = self._store.live("counts")
+        v.flags.writeable = False
+        return v
+
+    @property
+    def z(self) -> torch.Tensor:
+        """(N, K, d) points (a view of the storage)."""
+        return self._store.live("z")
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """(N, K) weights (a view of the storage)."""
+        return self._store.live("beta")
+
+    @property
+    def self_inner(self) -> torch.Tensor:
+        """float64 (N,) self terms ``<B, B>`` (a view of the storage)."""
+        return self._store.live("self_inner")
+
+    def _set_arrays(self, ids, z, beta, counts, self_inner, borrowed: bool = True) -> None:
+        """Adopt ready arrays as the bank's storage without copying them (``borrowed``: the first change
+        copies them into the bank's own buffers, so a caller's arrays are never written)."""
+        ids = np.asarray(ids, np.int64)
+        host = {"ids": ids, "counts": np.asarray(counts, np.int32)}
+        st = self._store
+        dev = {"z": z.detach(), "beta": beta.detach(), "self_inner": self_inner.detach()}
+        if not st.mirror:
+            host.update({c: t.numpy() for c, t in dev.items()})
+            dev = None
+        self._store = RowStore(host, len(ids), int(z.shape[1]), self.d, st.device, z.dtype, dev=dev,
+                               borrowed=borrowed, mirror=st.mirror)
+        self._idmap.rebuild(ids)
+        self.version += 1
 
     # ------------------------------------------------------------------ construction
-    def _set_arrays(self, ids, z, beta, counts, self_inner) -> None:
-        self.ids: np.ndarray = ids
-        self.z: torch.Tensor = z
-        self.beta: torch.Tensor = beta
-        self.counts: np.ndarray = counts
-        self.self_inner: torch.Tensor = self_inner
-        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
-
     @classmethod
     def from_arrays(
         cls, z: Any, beta: Any, gamma: float, ids: Any = None, counts: Any = None, dtype: Any = None,
@@ -110,31 +118,16 @@ class SpecBank:
     ) -> "SpecBank":
         """Pack ``z`` (N, K, d) and ``beta`` (N, K) without making N Python objects.
 
-        A float32 contiguous numpy/torch ``z`` on the target device is used without a copy.
-        ``counts`` (N,) gives each spec's own number of points (default: K, i.e. up to the last
-        nonzero weight is all real). ``ids`` default to 0..N-1.
+        A float32 contiguous numpy/torch ``z`` on the target device is used without a copy (the bank
+        copies it on its first change). ``counts`` (N,) gives each spec's own number of points
+        (default K). ``ids`` default to 0..N-1.
         """
         dt, dev = resolve_dtype(dtype), resolve_device(device)
-        z_t = torch.as_tensor(z).detach().to(device=dev, dtype=dt)
-        b_t = torch.as_tensor(beta).detach().to(device=dev, dtype=dt)
-        if z_t.dim() != 3:
-            raise ValueError(f"z must have shape (N, K, d), got {tuple(z_t.shape)}")
+        z_t, b_t, cnt = check_arrays(z, beta, counts, dt, dev)
         n, k, d = z_t.shape
-        if tuple(b_t.shape) != (n, k):
-            raise ValueError(f"beta must have shape (N, K) = {(n, k)} to match z, got {tuple(b_t.shape)}")
-        if d < 1:
-            raise ValueError("z has d=0 columns; specs need at least one dimension")
-        if not (bool(torch.isfinite(z_t).all()) and bool(torch.isfinite(b_t).all())):
-            raise ValueError("z or beta contains NaN/Inf; every value must be finite")
         bank = cls(gamma, d, k, dtype=dt, device=dev)
-        ids_a = np.arange(n, dtype=np.int64) if ids is None else _as_ids(ids, n)
-        cnt = np.full(n, k, np.int32) if counts is None else np.asarray(counts, np.int32).reshape(n)
-        if n and (cnt.min() < 0 or cnt.max() > k):
-            raise ValueError(f"counts must lie in [0, K={k}]")
-        if counts is not None and k:  # padding must carry zero weight
-            pad = torch.as_tensor(np.arange(k)[None, :] >= cnt[:, None], device=dev)
-            b_t = b_t.masked_fill(pad, 0.0)
-        bank._set_arrays(ids_a, z_t, b_t, cnt, self_terms(z_t, b_t, bank.gamma))
+        ids_a = np.arange(n, dtype=np.int64) if ids is None else as_ids(ids, n)
+        bank._set_arrays(ids_a, z_t, b_t, cnt, _self_terms(z_t, b_t, bank.gamma))
         return bank
 
     @classmethod
@@ -146,65 +139,47 @@ class SpecBank:
             if gamma is None:
                 raise ValueError("from_specs got no specs: pass gamma= (and use SpecBank(gamma, d)) for an empty bank")
             raise ValueError("from_specs got no specs; build an empty bank with SpecBank(gamma, d)")
-        g, d = cls._check_specs(specs, gamma if gamma is not None else specs[0].gamma, None)
-        z, beta, cnt = cls._pack(specs, d)
+        g, d = check_specs(specs, gamma if gamma is not None else specs[0].gamma, None)
+        z, beta, cnt = pack_specs(specs, d)
         return cls.from_arrays(z, beta, g, ids=ids, counts=cnt, dtype=dtype, device=device)
-
-    @staticmethod
-    def _check_specs(specs: Sequence[Any], gamma: float, d: int | None) -> tuple[float, int]:
-        for i, s in enumerate(specs):
-            if not all(hasattr(s, a) for a in ("z", "beta", "gamma")):
-                raise ValueError(f"spec {i} is a {type(s).__name__}, not an RKME (needs z, beta, gamma)")
-            if not same_gamma(s.gamma, gamma):
-                raise ValueError(
-                    f"spec {i} has gamma={s.gamma} but the bank uses gamma={gamma}; a bank holds one kernel, "
-                    "refit the spec with the bank's gamma"
-                )
-            sd = int(s.z.shape[1])
-            if d is None:
-                d = sd
-            elif sd != d:
-                raise ValueError(f"spec {i} has dimension d={sd} but the bank holds d={d}")
-        return float(gamma), int(d)
-
-    @staticmethod
-    def _pack(specs: Sequence[Any], d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cnt = np.array([int(s.z.shape[0]) for s in specs], np.int32)
-        k = int(cnt.max())
-        z = np.zeros((len(specs), k, d), np.float32)
-        beta = np.zeros((len(specs), k), np.float32)
-        for i, s in enumerate(specs):
-            zi, bi = (t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in (s.z, s.beta))
-            z[i, : cnt[i]] = zi
-            beta[i, : cnt[i]] = bi
-        return z, beta, cnt
 
     # ------------------------------------------------------------------ basic properties
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return self._store.n
 
     @property
     def K(self) -> int:
         """Padded number of points per spec."""
-        return int(self.z.shape[1])
+        return self._store.K
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.z.dtype
+        return self._store.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.z.device
+        return self._store.device
+
+    @property
+    def capacity(self) -> int:
+        """Rows the storage holds before it grows again."""
+        return self._store.capacity
+
+    @property
+    def path(self) -> Path | None:
+        """The directory of a bank from :meth:`create` / :meth:`open` (None for an in-memory bank)."""
+        f = self._store.files
+        return f.root if f is not None and (f.mode == "r+" or self._readonly) else None
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the bank's arrays (z, beta, self terms, ids, counts)."""
-        t = sum(x.numel() * x.element_size() for x in (self.z, self.beta, self.self_inner))
-        return int(t + self.ids.nbytes + self.counts.nbytes)
+        """Bytes of the live specs' arrays (z, beta, self terms, ids, counts)."""
+        return self._store.nbytes()
 
     def __repr__(self) -> str:
+        where = f", path={self.path}" if self.path is not None else ""
         return (f"SpecBank(N={len(self)}, K={self.K}, d={self.d}, gamma={self.gamma}, "
-                f"dtype={str(self.dtype).replace('torch.', '')}, device={self.device})")
+                f"dtype={str(self.dtype).replace('torch.', '')}, device={self.device}{where})")
 
     def tiles(self, size: int) -> Iterator[tuple[int, int]]:
         """``(start, stop)`` row ranges of at most ``size`` specs covering the bank."""
@@ -216,158 +191,126 @@ class SpecBank:
     def positions(self, ids: Any) -> np.ndarray:
         """Row positions (int64) of the given ids; a ValueError names the ids not in the bank."""
         want = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        if self._sorted is None:
-            order = np.argsort(self.ids, kind="stable")
-            self._sorted = (self.ids[order], order)
-        sid, order = self._sorted
-        at = np.searchsorted(sid, want).clip(0, max(len(sid) - 1, 0))
-        ok = (sid[at] == want) if len(sid) else np.zeros(len(want), bool)
-        if not ok.all():
-            missing = want[~ok][:10].tolist()
-            raise ValueError(f"ids {missing} are not in the bank")
-        return order[at].astype(np.int64)
+        pos = self._idmap.lookup(want, self.ids)
+        if (pos < 0).any():
+            raise ValueError(f"ids {want[pos < 0][:10].tolist()} are not in the bank")
+        return pos
 
     def __contains__(self, spec_id: Any) -> bool:
         try:
-            self.positions([spec_id])
-            return True
-        except ValueError:
+            return bool(self._idmap.lookup(np.array([int(spec_id)], np.int64), self.ids)[0] >= 0)
+        except (TypeError, ValueError, OverflowError):
             return False
 
     def get(self, spec_id: int) -> Any:
-        """The RKME stored under ``spec_id`` (its own K points, padding dropped)."""
-        from .spec.rkme import RKME
+        """The RKME stored under ``spec_id`` (a copy of its own K points, padding dropped)."""
+        from ..spec.rkme import RKME
 
         p = int(self.positions([spec_id])[0])
         k = int(self.counts[p])
-        return RKME(self.z[p, :k], self.beta[p, :k], self.gamma, dtype=self.dtype, device=self.device)
+        return RKME(self.z[p, :k].clone(), self.beta[p, :k].clone(), self.gamma, dtype=self.dtype, device=self.device)
 
     def rows(self, start: int, stop: int) -> "SpecBank":
-        """A view of rows [start, stop) sharing memory with this bank (no copy; do not mutate both)."""
+        """A view of rows [start, stop) sharing memory with this bank (no copy; valid until this bank
+        changes; changing the view copies it first)."""
         out = SpecBank(self.gamma, self.d, self.K, dtype=self.dtype, device=self.device)
         out._set_arrays(self.ids[start:stop], self.z[start:stop], self.beta[start:stop],
                         self.counts[start:stop], self.self_inner[start:stop])
         return out
 
     def subset(self, ids: Any) -> "SpecBank":
-        """A new bank with the given ids, in the given order (copies the rows)."""
+        """A new in-memory bank with the given ids, in the given order (copies the rows)."""
         pos = self.positions(ids)
         idx = torch.as_tensor(pos, device=self.device)
         out = SpecBank(self.gamma, self.d, self.K, dtype=self.dtype, device=self.device)
-        out._set_arrays(self.ids[pos].copy(), self.z.index_select(0, idx), self.beta.index_select(0, idx),
-                        self.counts[pos].copy(), self.self_inner.index_select(0, idx))
+        out._set_arrays(self.ids[pos], self.z.index_select(0, idx), self.beta.index_select(0, idx),
+                        self.counts[pos], self.self_inner.index_select(0, idx), borrowed=False)
         return out
 
     # ------------------------------------------------------------------ mutation
-    def add(self, specs: Any, ids: Any = None) -> np.ndarray:
-        """Append specs (a list of RKMEs, one RKME, or a SpecBank); returns their ids (int64).
+    def _writable(self) -> None:
+        if self._readonly:
+            raise ValueError(f"this bank was opened read-only ({self._store.files.root}); open it with mode='r+'")
 
-        Self terms are computed here, once. Default ids continue after the largest id in the bank.
-        A spec with more points than the bank's K widens the bank (all specs re-padded).
+    def add(self, specs: Any, ids: Any = None) -> np.ndarray:
+        """Append specs (a list of RKMEs, one RKME, or a SpecBank) as one batch; returns their ids (int64).
+
+        Self terms are computed here, once per batch. Default ids continue after the largest id in the
+        bank. A spec with more points than the bank's K widens the bank (every spec re-padded: O(N)).
         """
         if isinstance(specs, SpecBank):
             other = specs
-            self._check_specs([_Shim(other.gamma, other.d)], self.gamma, self.d)
-            z_new, b_new, c_new, s_new = other.z, other.beta, other.counts, other.self_inner
-            if ids is None and len(other):
-                ids = other.ids if not np.isin(other.ids, self.ids).any() else None
-        else:
-            specs = [specs] if hasattr(specs, "z") else list(specs)
-            if not specs:
-                return np.empty(0, np.int64)
-            self._check_specs(specs, self.gamma, self.d)
-            z_np, b_np, c_new = self._pack(specs, self.d)
-            z_new = torch.from_numpy(z_np)
-            b_new = torch.from_numpy(b_np)
-            s_new = None
-        m = int(z_new.shape[0])
+            if other.d != self.d:
+                raise ValueError(f"the added bank has dimension d={other.d} but this bank holds d={self.d}")
+            if not same_gamma(other.gamma, self.gamma):
+                raise ValueError(f"the added bank has gamma={other.gamma} but this bank uses gamma={self.gamma}")
+            if ids is None and len(other) and not np.isin(other.ids, self.ids).any():
+                ids = other.ids
+            return self._append(other.z, other.beta, np.array(other.counts), ids, other.self_inner)
+        specs = [specs] if hasattr(specs, "z") else list(specs)
+        if not specs:
+            return np.empty(0, np.int64)
+        check_specs(specs, self.gamma, self.d)
+        z_np, b_np, cnt = pack_specs(specs, self.d, self.K)
+        return self._append(torch.from_numpy(z_np), torch.from_numpy(b_np), cnt, ids, None)
+
+    def add_arrays(self, z: Any, beta: Any, ids: Any = None, counts: Any = None) -> np.ndarray:
+        """Append specs packed as ``z`` (M, K', d), ``beta`` (M, K') (``counts`` (M,) as in
+        :meth:`from_arrays`) as one batch, without Python objects per spec; returns their ids."""
+        z_t, b_t, cnt = check_arrays(z, beta, counts, self.dtype, self.device)
+        if z_t.shape[0] and int(z_t.shape[2]) != self.d:
+            raise ValueError(f"z has dimension d={int(z_t.shape[2])} but the bank holds d={self.d}")
+        return self._append(z_t, b_t, cnt, ids, None)
+
+    def _append(self, z: torch.Tensor, beta: torch.Tensor, counts: np.ndarray, ids: Any,
+                self_inner: torch.Tensor | None) -> np.ndarray:
+        self._writable()
+        m = int(z.shape[0])
+        if m == 0:
+            return np.empty(0, np.int64)
         start = int(self.ids.max()) + 1 if len(self) else 0
-        new_ids = np.arange(start, start + m, dtype=np.int64) if ids is None else _as_ids(ids, m)
-        clash = np.intersect1d(new_ids, self.ids)
-        if clash.size:
-            raise ValueError(f"ids {clash[:10].tolist()} are already in the bank; remove them first or pass new ids")
-        z_new = z_new.to(self.device, self.dtype)
-        b_new = b_new.to(self.device, self.dtype)
-        s_new = self_terms(z_new, b_new, self.gamma) if s_new is None else s_new.to(self.device)
-        k = max(self.K, int(z_new.shape[1]))
-        z_old, b_old = self._pad(self.z, self.beta, k)
-        z_new, b_new = self._pad(z_new, b_new, k)
-        self._set_arrays(
-            np.concatenate([self.ids, new_ids]), torch.cat([z_old, z_new]), torch.cat([b_old, b_new]),
-            np.concatenate([self.counts, np.asarray(c_new, np.int32)]), torch.cat([self.self_inner, s_new]),
-        )
+        new_ids = np.arange(start, start + m, dtype=np.int64) if ids is None else as_ids(ids, m)
+        clash = self._idmap.lookup(new_ids, self.ids) >= 0
+        if clash.any():
+            raise ValueError(f"ids {new_ids[clash][:10].tolist()} are already in the bank; remove them first "
+                             "or pass new ids")
+        z = z.to(self.device, self.dtype)
+        beta = beta.to(self.device, self.dtype)
+        s = _self_terms(z, beta, self.gamma) if self_inner is None else self_inner.to(self.device, torch.float64)
+        k = int(z.shape[1])
+        if k > self.K:
+            self._store.widen(k)
+        elif k < self.K:
+            z = torch.nn.functional.pad(z, (0, 0, 0, self.K - k))
+            beta = torch.nn.functional.pad(beta, (0, self.K - k))
+        n0 = len(self)
+        self._store.append({"ids": new_ids, "counts": np.asarray(counts, np.int32), "z": z, "beta": beta,
+                            "self_inner": s})
+        self._idmap.assign(new_ids, np.arange(n0, n0 + m, dtype=np.int64), new=m)
+        self.version += 1
         return new_ids
 
-    @staticmethod
-    def _pad(z: torch.Tensor, beta: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        extra = k - int(z.shape[1])
-        if extra <= 0:
-            return z, beta
-        return (torch.nn.functional.pad(z, (0, 0, 0, extra)), torch.nn.functional.pad(beta, (0, extra)))
-
     def remove(self, ids: Any) -> None:
-        """Drop the given ids (ValueError if any is absent); the remaining rows stay aligned."""
-        pos = self.positions(ids)
-        keep = np.ones(len(self), bool)
-        keep[pos] = False
-        idx = torch.as_tensor(np.nonzero(keep)[0], device=self.device)
-        self._set_arrays(self.ids[keep], self.z.index_select(0, idx), self.beta.index_select(0, idx),
-                         self.counts[keep], self.self_inner.index_select(0, idx))
+        """Drop the given ids (ValueError if any is absent): the last rows move into the holes (O(removed))."""
+        self._writable()
+        want = np.unique(np.array(np.atleast_1d(np.asarray(ids)), dtype=np.int64))
+        pos = self.positions(want)
+        if not pos.size:
+            return
+        src, dst = self._store.delete(pos)
+        self._idmap.drop(want)
+        if dst.size:
+            self._idmap.assign(self._store.host["ids"][dst], dst)
+        self.version += 1
 
     def to(self, device: Any = None, dtype: Any = None) -> "SpecBank":
-        """A copy on ``device`` in ``dtype`` (self terms stay float64)."""
+        """An in-memory copy on ``device`` in ``dtype`` (self terms stay float64)."""
         dev = self.device if device is None else resolve_device(device)
         dt = self.dtype if dtype is None else resolve_dtype(dtype)
         out = SpecBank(self.gamma, self.d, self.K, dtype=dt, device=dev)
-        out._set_arrays(self.ids.copy(), self.z.to(dev, dt), self.beta.to(dev, dt), self.counts.copy(),
-                        self.self_inner.to(dev))
+        out._set_arrays(self.ids.copy(), self.z.to(dev, dt, copy=True), self.beta.to(dev, dt, copy=True),
+                        self.counts.copy(), self.self_inner.to(dev, copy=True), borrowed=False)
         return out
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``ids/z/beta/counts/self_inner.npy`` + ``meta.json`` into ``directory`` (temp + rename)."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        arrays = {"ids": self.ids, "counts": self.counts}
-        for name in ("z", "beta", "self_inner"):
-            arrays[name] = getattr(self, name).detach().cpu().numpy()
-        for name, arr in arrays.items():
-            tmp = root / f".{name}.tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, root / f"{name}.npy")
-        meta = {"format": FORMAT, "gamma": self.gamma, "d": self.d, "K": self.K, "N": len(self),
-                "dtype": str(self.dtype).replace("torch.", "")}
-        tmp = root / ".meta.tmp.json"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, root / "meta.json")
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = True, device: Any = "cpu") -> "SpecBank":
-        """Open a saved bank; ``mmap=True`` maps the arrays (copy-on-write) instead of reading them."""
-        root = Path(directory)
-        meta_path = root / "meta.json"
-        if not meta_path.exists():
-            raise ValueError(f"{root} holds no saved SpecBank (meta.json missing)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        arr = {n: np.load(root / f"{n}.npy", mmap_mode="c" if mmap else None) for n in _ARRAYS}
-        n = int(meta["N"])
-        if any(a.shape[0] != n for a in arr.values()):
-            raise ValueError(f"{root}: array lengths disagree with meta N={n}; the bank files are inconsistent")
-        dev = resolve_device(device)
-        bank = cls(meta["gamma"], meta["d"], meta["K"], dtype=meta["dtype"], device=dev)
-        bank._set_arrays(np.asarray(arr["ids"]), torch.from_numpy(arr["z"]).to(dev),
-                         torch.from_numpy(arr["beta"]).to(dev), np.asarray(arr["counts"]),
-                         torch.from_numpy(arr["self_inner"]).to(dev))
-        return bank
-
-
-class _Shim:
-    """Minimal spec-like object so a SpecBank's gamma/d go through the same check as RKMEs."""
-
-    def __init__(self, gamma: float, d: int) -> None:
-        self.gamma, self.z, self.beta = gamma, torch.zeros(0, d), torch.zeros(0)
 
 
 def as_bank(queries: Any, gamma: float | None = None) -> SpecBank:

@@ -1,6 +1,11 @@
-"""The market's spec banks: one :class:`~lwgpu.bank.SpecBank` per input dimension, an optional
-:class:`~lwgpu.index.SpecIndex` per bank above a size threshold, saved with temp-folder swaps and
-repaired against the database's ids (reading only the spec files of missing ids).
+"""The market's spec banks: one persistent, memory-mapped :class:`~lwgpu.bank.SpecBank` per input dimension
+(``bank_dir/d<d>``), an optional :class:`~lwgpu.index.SpecIndex` per bank above a size threshold, and the
+repair of the banks against the database's ids (reading only the spec files of missing ids).
+
+The banks are written in place: an append or a delete touches only its rows, and :meth:`BankSet.flush`
+makes the changes durable in O(changed rows) (see :mod:`lwgpu.bank.files`). A crash loses at most the
+changes since the last flush: a reopened bank is its last flushed state, and :meth:`BankSet.sync`
+brings it to the database's ids.
 """
 from __future__ import annotations
 
@@ -10,11 +15,16 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
+from ..bank.files import BankLockedError, current_umask
 from ..spec.validation import same_gamma
 
 logger = logging.getLogger(__name__)
+
+_SYNC_BATCH = 10_000  # specs read from their files and appended per batch when repairing a bank
 
 
 def swap_save(obj: Any, parent: Path, name: str) -> None:
@@ -22,6 +32,7 @@ def swap_save(obj: Any, parent: Path, name: str) -> None:
     parent.mkdir(exist_ok=True)
     final = parent / name
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0o700; the folder follows the umask
     obj.save(tmp)
     old = parent / f".old.{name}"
     shutil.rmtree(old, ignore_errors=True)
@@ -29,6 +40,12 @@ def swap_save(obj: Any, parent: Path, name: str) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _id_array(ids: Iterable[int] | np.ndarray) -> np.ndarray:
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64, copy=False).reshape(-1)
+    return np.fromiter((int(i) for i in ids), np.int64)
 
 
 class BankSet:
@@ -52,18 +69,29 @@ class BankSet:
 
     # ------------------------------------------------------------------ persistence
     def load(self) -> None:
-        """Read the saved banks (unusable ones are dropped, to be rebuilt by :meth:`sync`)."""
-        from ..bank import SpecBank
+        """Open the banks on disk (each at its last flushed state; unusable ones are dropped, to be rebuilt
+        by :meth:`sync`; a bank saved in the earlier ``.npy`` layout is converted once)."""
+        from ..bank import FORMAT, SpecBank
+        from ..bank.files import read_meta
 
-        self.banks, self.indexes = {}, {}
+        self.close()
         for p in self.bank_dir.iterdir():
             if p.name.startswith(".") or not p.name.startswith("d"):
-                shutil.rmtree(p, ignore_errors=True)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
                 continue
             try:
-                bank = SpecBank.load(p, mmap=False, device=self.device)
+                if read_meta(p).get("format") == FORMAT:
+                    logger.info("converting bank %s from the .npy layout to memory-mapped files", p)
+                    swap_save(SpecBank.load(p, mmap=True), self.bank_dir, p.name)
+                try:
+                    bank = SpecBank.open(p, mode="r+", device=self.device)
+                except BankLockedError as exc:  # another market object holds it: work on a private copy
+                    logger.warning("%s; this market keeps an in-memory copy of it (changes are not saved)", exc)
+                    bank = SpecBank.load(p, mmap=False, device=self.device)
                 if not same_gamma(bank.gamma, self.gamma):
                     raise ValueError(f"bank gamma {bank.gamma} != market gamma {self.gamma}")
+                if p.name != f"d{bank.d}":
+                    raise ValueError(f"holds specs of d={bank.d}")
                 self.banks[bank.d] = bank
             except (ValueError, OSError, KeyError) as exc:
                 logger.warning("saved bank %s unusable (%s); rebuilding it from the spec files", p, exc)
@@ -72,71 +100,99 @@ class BankSet:
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
 
+    def flush(self) -> None:
+        """Make every bank's changes durable: O(changed rows) each, never a rewrite."""
+        for bank in self.banks.values():
+            bank.flush()
+
     def save(self) -> None:
-        """Save every bank, and every built index (synced first)."""
-        for d, bank in self.banks.items():
-            swap_save(bank, self.bank_dir, f"d{d}")
+        """Flush every bank, and save every built index (synced first)."""
+        self.flush()
         with self._index_lock:
             for d, idx in self.indexes.items():
                 if idx.bank is self.banks.get(d):
                     idx.sync()
                     swap_save(idx, self.index_dir, f"d{d}")
 
-    # ------------------------------------------------------------------ mutation
-    def sync(self, want: Mapping[int, set[int]], load_spec: Callable[[int], Any]) -> bool:
-        """Make bank ``d`` hold exactly ``want[d]`` (ids), loading missing specs with ``load_spec(id)``.
+    def close(self) -> None:
+        """Flush and release every bank (the set is empty afterwards; :meth:`load` reopens them)."""
+        for bank in self.banks.values():
+            bank.close()
+        self.banks, self.indexes = {}, {}
 
-        Returns whether anything changed.
-        """
+    # ------------------------------------------------------------------ mutation
+    def _bank_for(self, d: int) -> Any:
         from ..bank import SpecBank
 
+        d = int(d)
+        bank = self.banks.get(d)
+        if bank is None:
+            path = self.bank_dir / f"d{d}"
+            shutil.rmtree(path, ignore_errors=True)
+            bank = self.banks[d] = SpecBank.create(path, self.gamma, d, device=self.device)
+        return bank
+
+    def sync(self, want: Mapping[int, Iterable[int]], load_spec: Callable[[int], Any]) -> bool:
+        """Make bank ``d`` hold exactly the ids ``want[d]``, loading missing specs with ``load_spec(id)``
+        (in batches, one append each; see :meth:`SpecBank.reconcile`). Returns whether anything changed;
+        the caller flushes."""
         changed = False
-        for d in set(self.banks) | set(want):
+        for d in sorted(set(self.banks) | {int(k) for k in want}):
+            target = _id_array(want.get(d, ()))
             bank = self.banks.get(d)
-            have = set(bank.ids.tolist()) if bank is not None else set()
-            target = set(want.get(d, ()))
-            extra, missing = sorted(have - target), sorted(target - have)
-            if not extra and not missing:
-                continue
-            changed = True
-            logger.info("bank d=%d: removing %d, adding %d specs from the stored files", d, len(extra), len(missing))
-            if extra:
-                if len(extra) == len(bank):
+            if not target.size:
+                if bank is not None:
+                    logger.info("bank d=%d: no specs left; dropping it", d)
                     self.drop(d)
-                    bank = None
-                else:
-                    bank.remove(extra)
-            if missing:
-                specs = [load_spec(i) for i in missing]
-                if bank is None:
-                    bank = SpecBank.from_specs(specs, ids=missing, device=self.device)
-                else:
-                    bank.add(specs, ids=missing)
-            if bank is not None:
-                self.banks[d] = bank
+                    changed = True
+                continue
+            bank = self._bank_for(d)
+            extra, missing = bank.reconcile(target, lambda ids: [load_spec(int(i)) for i in ids], _SYNC_BATCH)
+            changed |= bool(extra.size or missing.size)
         return changed
 
     def add(self, spec_id: int, rkme: Any) -> None:
-        from ..bank import SpecBank
+        """Append one spec under ``spec_id`` to the bank of its dimension."""
+        self._bank_for(rkme.d).add([rkme], ids=[int(spec_id)])
 
-        bank = self.banks.get(rkme.d)
-        if bank is None:
-            self.banks[rkme.d] = SpecBank.from_specs([rkme], ids=[spec_id], device=self.device)
-        else:
-            bank.add([rkme], ids=[spec_id])
+    def add_many(self, ids: Sequence[int] | np.ndarray, specs: Sequence[Any]) -> None:
+        """Append specs (RKMEs, any mix of dimensions) under ``ids``: one append per dimension."""
+        ids = _id_array(ids)
+        specs = list(specs)
+        if len(specs) != ids.size:
+            raise ValueError(f"add_many got {ids.size} ids for {len(specs)} specs")
+        dims = np.array([int(s.d) for s in specs], np.int64)
+        for d in np.unique(dims).tolist():
+            at = np.nonzero(dims == d)[0]
+            self._bank_for(d).add([specs[i] for i in at], ids=ids[at])
+
+    def add_arrays(self, d: int, ids: Sequence[int] | np.ndarray, z: Any, beta: Any, counts: Any = None) -> None:
+        """Append packed specs of dimension ``d``: ``z`` (M, K, d), ``beta`` (M, K), ``counts`` (M,) (default
+        K) under ``ids`` (M,), as one append."""
+        self._bank_for(d).add_arrays(z, beta, ids=_id_array(ids), counts=counts)
 
     def remove(self, spec_id: int, d: int) -> None:
+        self.remove_many(d, [spec_id])
+
+    def remove_many(self, d: int, ids: Sequence[int] | np.ndarray) -> None:
+        """Remove ``ids`` from bank ``d`` (KeyError if there is no such bank; ValueError for an absent id);
+        an emptied bank is dropped."""
+        d = int(d)
         bank = self.banks[d]
-        if len(bank) == 1:
+        ids = np.unique(_id_array(ids))
+        if ids.size and ids.size == len(bank):
+            bank.positions(ids)  # ValueError unless they are exactly the bank's ids
             self.drop(d)
         else:
-            bank.remove([spec_id])
+            bank.remove(ids)
 
     def drop(self, d: int) -> None:
         """Forget bank ``d`` and its index, on disk too."""
-        self.banks.pop(d, None)
+        bank = self.banks.pop(int(d), None)
+        if bank is not None:
+            bank.close()
         with self._index_lock:
-            self.indexes.pop(d, None)
+            self.indexes.pop(int(d), None)
         shutil.rmtree(self.bank_dir / f"d{d}", ignore_errors=True)
         shutil.rmtree(self.index_dir / f"d{d}", ignore_errors=True)
 
