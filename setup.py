@@ -32,6 +32,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "sqlalchemy>=2.0",
+        "rapidfuzz>=3.0",  # fuzzy semantic search (the reference package uses it too)
         "joblib>=1.2",
         "matplotlib>=3.6",
         "hydra-core>=1.3,<1.4",

@@ -12,7 +12,10 @@ Rules, as the reference package's fuzzy semantic searcher applies them:
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from rapidfuzz import fuzz, process
 
 from ..spec.semantic import validate_semantic_spec
 
@@ -21,46 +24,38 @@ INT_FIELDS = ("input_dim", "output_dim")
 TEXT_FIELDS = ("name", "description")
 
 
-def lcs_length(a: str, b: str) -> int:
-    """Length of the longest common subsequence of two strings."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if ca == cb else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def ratio(a: str, b: str) -> float:
-    """Indel similarity ``2 * LCS / (len(a) + len(b))`` in [0, 1] (1 for equal strings)."""
-    if not a and not b:
-        return 1.0
-    return 2.0 * lcs_length(a, b) / (len(a) + len(b))
-
-
 def partial_ratio(query: str, text: str) -> float:
     """Similarity in [0, 1] of ``query`` to its best-matching window of ``text`` (case-insensitive).
 
-    Every window of ``len(query)`` characters of ``text`` (or the whole text when it is shorter)
-    is compared with :func:`ratio`; the best wins. An exact substring scores 1.
+    rapidfuzz's ``fuzz.partial_ratio`` / 100, as the reference package scores it: the shorter string
+    is slid over the longer one and the best Indel ratio wins; an exact substring scores 1.
     """
     q, t = query.lower().strip(), text.lower()
     if not q:
         return 1.0
-    if not t:
-        return 0.0
-    if q in t:
-        return 1.0
-    if len(t) <= len(q):
-        return ratio(q, t)
-    n = len(q)
-    best = 0.0
-    for start in range(0, len(t) - n + 1):
-        best = max(best, ratio(q, t[start : start + n]))
-    return best
+    return fuzz.partial_ratio(q, t) / 100.0
+
+
+def fuzzy_scores(query: str, names: Sequence[str], descriptions: Sequence[str],
+                 min_score: float = 0.0) -> np.ndarray:
+    """``max(partial_ratio(query, names[i]), partial_ratio(query, descriptions[i]))`` for every ``i``.
+
+    One vectorised rapidfuzz call per column (both threads for long lists); float64 in [0, 1].
+    Scores below ``min_score`` may come back as 0 (rapidfuzz then skips work); the others are exact.
+    """
+    q = query.lower().strip()
+    if not len(names):
+        return np.zeros(0)
+    if not q:
+        return np.ones(len(names))
+    workers = -1 if len(names) >= 20_000 else 1
+    cutoff = max(0.0, 100.0 * min_score - 1e-6)
+    out = np.zeros(len(names))
+    for col in (names, descriptions):
+        s = process.cdist([q], [t.lower() for t in col], scorer=fuzz.partial_ratio, processor=None,
+                          dtype=np.float64, workers=workers, score_cutoff=cutoff)[0]
+        np.maximum(out, s, out=out)
+    return out / 100.0
 
 
 def normalize_query(query: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -128,11 +123,8 @@ def filter_semantic(
         if exact:
             kept = exact
             continue
-        scored = []
-        for i, s in kept:
-            score = max(partial_ratio(text, s.get("name", "")), partial_ratio(text, s.get("description", "")))
-            if score >= min_fuzzy:
-                scored.append((score, i, s))
-        scored.sort(key=lambda t: -t[0])
-        kept = [(i, s) for _, i, s in scored]
+        scores = fuzzy_scores(text, [s.get("name", "") for _, s in kept], [s.get("description", "") for _, s in kept],
+                              min_fuzzy)
+        order = [j for j in np.argsort(-scores, kind="stable").tolist() if scores[j] >= min_fuzzy]
+        kept = [kept[j] for j in order]
     return [i for i, _ in kept]
