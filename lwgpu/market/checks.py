@@ -29,6 +29,8 @@ import numpy as np
 from ..device import single_torch_thread
 from ..spec.semantic import validate_semantic_spec
 from ..spec.validation import same_gamma
+from .errors import CHECKS, SubmissionError
+from .errors import check_output as _check_output
 from .learnware import ModelAdapter, load_model
 from .package import Manifest, read_manifest
 
@@ -37,16 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKS = ("package", "semantic", "rkme", "model_load", "model_predict", "duplicate")
-
-
-class SubmissionError(ValueError):
-    """A refused submission: ``check`` (one of :data:`CHECKS`) and a human-readable ``reason``."""
-
-    def __init__(self, check: str, reason: str) -> None:
-        self.check = check
-        self.reason = reason
-        super().__init__(f"submission refused by check {check!r}: {reason}")
+__all__ = ["CHECKS", "SubmissionError", "CheckedPackage", "check_package", "check_semantic", "check_rkme",
+           "check_model", "run_checks", "run_checks_many"]
 
 
 @dataclass
@@ -105,37 +99,6 @@ def check_rkme(path: Path, semantic: dict[str, Any], gamma: float) -> Any:
     if not math.isfinite(spec.self_inner) or float(np.clip(beta, 0, None).sum()) <= 0:
         raise SubmissionError("rkme", "the RKME has no positive weight or a non-finite self inner product")
     return spec
-
-
-def _check_output(out: Any, n: int, semantic: dict[str, Any]) -> None:
-    try:
-        arr = np.asarray(out)
-    except Exception as exc:  # noqa: BLE001 - any conversion failure is the model's fault
-        raise SubmissionError("model_predict", f"predict returned something that is not an array: {exc}") from exc
-    if arr.ndim == 0 or arr.shape[0] != n:
-        raise SubmissionError("model_predict", f"predict returned shape {arr.shape} for {n} rows; "
-                                               "need one output per input row")
-    o = semantic["output_dim"]
-    numeric = np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-    if numeric and not np.isfinite(arr.astype(np.float64)).all():
-        raise SubmissionError("model_predict", "predict returned NaN/Inf")
-    is_labels = arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)
-    if semantic["task_type"] == "classification":
-        if is_labels:
-            if numeric:
-                lab = arr.reshape(-1).astype(np.float64)
-                if not (np.all(lab == np.round(lab)) and lab.min() >= 0 and lab.max() < o):
-                    raise SubmissionError("model_predict", f"predicted labels must be integers in [0, {o}) "
-                                                           f"(output_dim={o})")
-            return
-        if arr.ndim == 2 and arr.shape[1] == o:
-            return
-        raise SubmissionError("model_predict", f"predict returned shape {arr.shape}; a classifier with "
-                                               f"output_dim={o} must return labels ({n},) or scores ({n}, {o})")
-    ok = (is_labels and o == 1) or (arr.ndim == 2 and arr.shape[1] == o)
-    if not ok:
-        raise SubmissionError("model_predict", f"predict returned shape {arr.shape}; expected ({n}, {o})"
-                                               + (f" or ({n},)" if o == 1 else ""))
 
 
 def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme: Any,

@@ -2,8 +2,9 @@
 
 The parent (the market) starts one fresh interpreter per package (``sys.executable -I -B`` on this
 file) inside bubblewrap when it works (new network, PID, IPC and UTS namespaces; the whole file
-system read-only except the package's scratch folder; fresh ``/dev``, ``/proc`` and ``/tmp``; no
-capabilities; killed with its parent) and as a plain subprocess otherwise (in a new network
+system read-only except the package's scratch folder; fresh ``/dev``, ``/tmp`` and a read-only
+``/proc`` (a worker run by root could otherwise write the host's sysctls); no capabilities; killed
+with its parent) and as a plain subprocess otherwise (in a new network
 namespace when ``unshare -n`` works, else with network). Either way the child sets its resource
 limits (:class:`WorkerLimits`) before it imports any model code, and the parent enforces a
 wall-clock timeout per request by killing the worker's whole process group.
@@ -14,7 +15,10 @@ optional ``.npy`` payload (its stdout proper is redirected to stderr, so prints 
 replies). The parent only ever parses ``json`` and ``np.load(..., allow_pickle=False)`` from the
 child, reads at most ``max_output_bytes``, and keeps the last 64 KiB of its stderr for errors.
 
-The child's side is :mod:`lwgpu.market.worker_child`, run as a script.
+The child's side is :mod:`lwgpu.market.worker_child`, run as a script. This is the *cold* path
+(``WorkerLimits(warm=False)``); the default *warm* path forks each worker from a pristine zygote
+already inside the sandbox (:mod:`lwgpu.market.zygote`) and talks to it with the same protocol
+through :class:`WorkerProcess`.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 GiB, MiB = 1 << 30, 1 << 20
 ISOLATIONS = ("auto", "bubblewrap", "subprocess")
+_OFF = ("0", "false", "no", "off")
 _HEADER_MAX = 1 << 20
 _TAIL_BYTES = 64 << 10
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -76,6 +81,10 @@ class WorkerLimits:
         services; a Unix socket stays connectable on a read-only mount).
     isolation : ``"auto"`` (bubblewrap when it works, else subprocess), ``"bubblewrap"`` (error when
         unavailable) or ``"subprocess"``.
+    warm : True: fork the worker from a warm zygote (:mod:`lwgpu.market.zygote`; ~10 ms instead of
+        starting Python and importing numpy/scikit-learn); False, or where the zygote's per-worker
+        namespaces are not available: one fresh interpreter per package. Default: True unless the
+        environment sets ``LWGPU_WARM_WORKERS=0``.
     """
 
     timeout_s: float = 60.0
@@ -90,6 +99,7 @@ class WorkerLimits:
     max_output_bytes: int = 1 * GiB
     hidden_paths: tuple[str, ...] = ("/run",)
     isolation: str = "auto"
+    warm: bool = field(default_factory=lambda: os.environ.get("LWGPU_WARM_WORKERS", "1").lower() not in _OFF)
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -129,8 +139,12 @@ def _needed_paths() -> tuple[str, ...]:
     return tuple(sorted(p for p in paths if os.path.isdir(p)))
 
 
-def _bwrap_command(bwrap: str, scratch: str, limits: WorkerLimits) -> list[str]:
-    cmd = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+def _bwrap_command(bwrap: str, scratch: str, limits: WorkerLimits, zygote: bool = False) -> list[str]:
+    """The bwrap prefix of a worker (``zygote=False``) or of a zygote: the zygote runs as root of its
+    own user namespace with ``CAP_SYS_ADMIN``/``CAP_SETPCAP`` there (to give each forked worker its own
+    namespaces, see :mod:`lwgpu.market.zygote`) and a writable ``/proc`` it replaces per worker."""
+    cmd = [bwrap, *(["--unshare-user", "--uid", "0", "--gid", "0"] if zygote else []),
+           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *([] if zygote else ["--remount-ro", "/proc"])]
     for p in limits.hidden_paths:
         if os.path.isdir(p) and not os.path.islink(p):
             cmd += ["--tmpfs", p]
@@ -140,9 +154,10 @@ def _bwrap_command(bwrap: str, scratch: str, limits: WorkerLimits) -> list[str]:
     for p in _needed_paths():  # the interpreter and lwgpu stay visible if they live under /tmp or a hidden path
         if any(p == h or p.startswith(h.rstrip("/") + "/") for h in ("/tmp", *limits.hidden_paths)):
             cmd += ["--ro-bind", p, p]
+    caps = ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"] if zygote else []
     cmd += ["--bind", scratch, scratch, "--chdir", scratch,
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--new-session", "--die-with-parent", "--cap-drop", "ALL", "--"]
+            "--new-session", "--die-with-parent", "--cap-drop", "ALL", *caps, "--"]
     return cmd
 
 
@@ -208,6 +223,7 @@ def _env(scratch: str, kind: str, limits: WorkerLimits) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": scratch, "LANG": "C.UTF-8",
            "TMPDIR": "/tmp" if kind == "bubblewrap" else scratch, "CUDA_VISIBLE_DEVICES": ""}
     env.update({v: str(limits.threads) for v in _THREAD_VARS})
+    env["JE_ARROW_MALLOC_CONF"] = "background_thread:false"  # pyarrow's allocator thread (via sklearn -> pandas)
     if os.environ.get("LD_LIBRARY_PATH"):  # native libraries (CUDA, conda) some installs need to import
         env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
     return env
@@ -220,30 +236,42 @@ class WorkerProcess:
     ----------
     scratch : the worker's own writable folder (the only writable path under bubblewrap).
     limits : its :class:`WorkerLimits`.
+    proc : None: start a fresh interpreter (the cold path); else a forked zygote worker
+        (:class:`lwgpu.market.zygote.ZygoteProc`: ``stdin``/``stdout``/``stderr``, ``poll``,
+        ``wait`` and ``kill`` like a ``Popen``, its exit status reported exactly).
     """
 
-    def __init__(self, scratch: Path, limits: WorkerLimits) -> None:
+    def __init__(self, scratch: Path, limits: WorkerLimits, proc: Any = None) -> None:
         self.limits, self.kind = limits, isolation(limits)
         self.scratch = str(Path(scratch).resolve())
+        self.cpu_used = 0.0
+        self._tail: deque[bytes] = deque()
+        self._tail_len = 0
+        self._replies: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self.warm = proc is not None
+        if proc is None:
+            proc = self._start_cold()
+        else:
+            self.pid_ns = False
+        self.proc = proc
+        threading.Thread(target=self._read_replies, daemon=True).start()
+        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._err_thread.start()
+
+    def _start_cold(self) -> subprocess.Popen:
         if not sys.executable:
             raise RuntimeError("sys.executable is unknown; cannot start an isolated worker")
+        limits = self.limits
         child = [sys.executable, "-I", "-B", str(Path(__file__).resolve().with_name("worker_child.py")),
                  json.dumps({"limits": asdict(limits), "sys_path": [p for p in sys.path if os.path.isabs(p)]})]
         if self.kind == "bubblewrap":
             prefix, self.pid_ns = _bwrap_command(_bubblewrap(), self.scratch, limits), True
         else:
             prefix, self.pid_ns = list(_unshare()[0]), _unshare()[1]
-        self.cpu_used = 0.0
-        self._tail: deque[bytes] = deque()
-        self._tail_len = 0
-        self._replies: queue.Queue[Any] = queue.Queue()
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen(prefix + child, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=self.scratch, env=_env(self.scratch, self.kind, limits),
-                                     start_new_session=True, close_fds=True)
-        threading.Thread(target=self._read_replies, daemon=True).start()
-        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
-        self._err_thread.start()
+        return subprocess.Popen(prefix + child, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=self.scratch, env=_env(self.scratch, self.kind, limits),
+                                start_new_session=True, close_fds=True)
 
     # -- readers
     def _read_replies(self) -> None:
@@ -339,11 +367,14 @@ class WorkerProcess:
         return f"worker exited with code {rc}"
 
     def kill(self) -> None:
-        """Kill the worker's whole process group (no-op when it has exited)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill the worker and everything it started (no-op when it has exited)."""
+        if self.warm:
+            self.proc.kill()  # the zygote kills the worker's PID namespace
+        else:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a process that survives SIGKILL

@@ -1,7 +1,9 @@
 """Run untrusted model code only in isolated worker processes: submission checks and predictions.
 
-Each package gets its own fresh interpreter (see :mod:`lwgpu.market.sandbox` for the isolation and
-the protocol) working on its own scratch copy of the package; no interpreter ever serves two
+Each package gets its own fresh worker working on its own scratch copy of the package: by default
+forked from a warm zygote already inside the sandbox (:mod:`lwgpu.market.zygote`), with
+``WorkerLimits(warm=False)`` (or where no zygote works) a fresh interpreter
+(:mod:`lwgpu.market.sandbox` describes the isolation and the protocol). No worker ever serves two
 packages, so nothing carries over between submitters. Entry points:
 
 - :func:`check_model_isolated` - the ``model_load`` and ``model_predict`` checks, with the semantics
@@ -29,7 +31,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .errors import SubmissionError, check_output
 from .sandbox import WorkerError, WorkerLimits, WorkerProcess, decode_array, isolation, isolation_info
+from .zygote import close_zygotes, new_scratch, spawn_worker
 
 __all__ = ["WorkerLimits", "WorkerError", "IsolatedModel", "ModelCheckJob", "check_model_isolated",
            "check_many", "predict_isolated", "model_info_isolated", "close_workers", "isolation",
@@ -38,6 +42,9 @@ __all__ = ["WorkerLimits", "WorkerError", "IsolatedModel", "ModelCheckJob", "che
 logger = logging.getLogger(__name__)
 
 MAX_KEPT_WORKERS = 8  # each holds one package's model (~150 MB for a scikit-learn one)
+PRELOAD_SKLEARN = ("joblib", "sklearn.base", "sklearn.utils", "sklearn.linear_model", "sklearn.ensemble",
+                   "sklearn.tree", "sklearn.svm", "sklearn.neighbors", "sklearn.preprocessing", "sklearn.pipeline")
+PRELOAD_TORCH = ("torch",)
 
 
 def _rmtree(path: Path) -> None:
@@ -50,6 +57,20 @@ def _rmtree(path: Path) -> None:
             pass
 
     shutil.rmtree(path, onerror=fix)
+
+
+def preload_for(folder: Path, model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Modules worth importing in the zygote before forking for this package (a hint; never trusted)."""
+    kind = model_cfg.get("kind", "python")
+    if kind in ("sklearn", "pickle", "torch"):
+        return PRELOAD_TORCH if kind == "torch" else PRELOAD_SKLEARN
+    module = model_cfg.get("module", model_cfg.get("module_path", "__init__.py"))
+    try:
+        with open(Path(folder) / str(module), "rb") as fh:
+            head = fh.read(1 << 20)
+    except (OSError, ValueError):
+        return ()
+    return (PRELOAD_SKLEARN if b"sklearn" in head else ()) + (PRELOAD_TORCH if b"torch" in head else ())
 
 
 class IsolatedModel:
@@ -71,11 +92,13 @@ class IsolatedModel:
         self.model_cfg = dict(model_cfg)
         self.info: dict[str, Any] | None = None
         self._seq = 0
-        self.scratch = Path(tempfile.mkdtemp(prefix="lwgpu-worker-")).resolve()
+        warm = self.limits.warm
+        self.scratch = new_scratch() if warm else Path(tempfile.mkdtemp(prefix="lwgpu-worker-")).resolve()
         try:
             self.folder = self.scratch / "pkg"
             shutil.copytree(folder, self.folder, symlinks=True)
-            self.proc = WorkerProcess(self.scratch, self.limits)
+            proc = spawn_worker(self.scratch, self.limits, preload_for(self.folder, model_cfg)) if warm else None
+            self.proc = WorkerProcess(self.scratch, self.limits, proc)
         except BaseException:
             _rmtree(self.scratch)
             raise
@@ -148,7 +171,6 @@ def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Map
     but the model never runs in this process. Raises :class:`~lwgpu.market.checks.SubmissionError`.
     """
     from ..device import single_torch_thread
-    from .checks import SubmissionError, _check_output
 
     limits = limits or WorkerLimits()
     herd_error: ValueError | None = None
@@ -168,7 +190,7 @@ def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Map
             out = model.predict(X)
         except WorkerError as exc:
             raise SubmissionError("model_predict", _reason(exc, limits, "predict")) from exc
-    _check_output(out, n_samples, dict(semantic))
+    check_output(out, n_samples, dict(semantic))
 
 
 @dataclass
@@ -191,8 +213,6 @@ def check_many(jobs: Sequence[ModelCheckJob], max_workers: int | None = None,
     :class:`~lwgpu.market.checks.SubmissionError` that refused it. ``max_workers`` defaults to the
     number of CPUs (each worker uses ``limits.threads`` threads).
     """
-    from .checks import SubmissionError
-
     def one(job: ModelCheckJob) -> Any:
         try:
             check_model_isolated(job.folder, job.manifest, job.semantic, job.rkme, job.n_samples, job.seed, limits)
@@ -266,8 +286,9 @@ atexit.register(_KEPT.close)
 
 
 def close_workers() -> None:
-    """Stop the workers kept alive by ``predict_isolated(..., keep_alive=True)``."""
+    """Stop the workers kept alive by ``predict_isolated(..., keep_alive=True)`` and the zygotes."""
     _KEPT.close()
+    close_zygotes()
 
 
 def predict_isolated(folder: str | os.PathLike, model_cfg: Mapping[str, Any], X: Any,

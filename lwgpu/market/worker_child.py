@@ -9,6 +9,8 @@ then answers requests (one JSON line each on stdin) until stdin closes:
 
 Each reply is a JSON line with ``nbytes`` (payload length) and ``cpu`` (CPU seconds used), then the
 payload; a model exception is ``{"ok": false, "error": "Type: message"}``. Stdlib + numpy only here.
+
+The zygote's side (warm workers forked from one interpreter) is :mod:`lwgpu.market.zygote_child`.
 """
 from __future__ import annotations
 
@@ -95,15 +97,16 @@ def _model_info(adapter: Any) -> dict[str, Any]:
     return {"predict_proba": proba, "classes": arr.tolist() if ok else None}
 
 
-def _child_main(config: str) -> None:
-    cfg = json.loads(config)
-    _set_limits(cfg["limits"])
-    sys.path[:] = [p for p in cfg["sys_path"] if isinstance(p, str)]  # what the parent can import (-I dropped some)
-    _set_pdeathsig()
-    _become_reaper_if_init()
+def _reply_channel() -> Any:
+    """The original stdout, for replies; the model's prints go to stderr, never into it."""
     reply = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # the model's prints go to stderr, never into the reply channel
+    os.dup2(2, 1)
     sys.stdout.reconfigure(line_buffering=True)
+    return reply
+
+
+def _serve(lw_mod: Any, inp: Any, reply: Any) -> None:
+    """Answer requests (JSON lines on ``inp``) on ``reply`` until ``inp`` closes."""
     import resource
     import traceback
 
@@ -115,8 +118,8 @@ def _child_main(config: str) -> None:
         reply.write(json.dumps(hdr).encode() + b"\n" + payload)
         reply.flush()
 
-    lw_mod, adapter = _import_learnware(), None
-    for line in sys.stdin.buffer:
+    adapter = None
+    for line in inp:
         req = json.loads(line)
         try:
             if req["op"] == "load":
@@ -140,6 +143,15 @@ def _child_main(config: str) -> None:
             traceback.print_exc()
             send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     reply.close()
+
+
+def _child_main(config: str) -> None:
+    cfg = json.loads(config)
+    _set_limits(cfg["limits"])
+    sys.path[:] = [p for p in cfg["sys_path"] if isinstance(p, str)]  # what the parent can import (-I dropped some)
+    _set_pdeathsig()
+    _become_reaper_if_init()
+    _serve(_import_learnware(), sys.stdin.buffer, _reply_channel())
 
 
 if __name__ == "__main__":

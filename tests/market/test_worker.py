@@ -40,10 +40,13 @@ class Model:
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_kept_workers():
-    yield
-    close_workers()
+@pytest.fixture(scope="module", autouse=True, params=["warm", "cold"])
+def worker_path(request):
+    """Every test runs with workers forked from a warm zygote and with one fresh interpreter each."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LWGPU_WARM_WORKERS", "1" if request.param == "warm" else "0")
+        yield request.param
+        close_workers()
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +265,157 @@ def test_untrusted_predict_failures_raise_worker_error(tmp_path, rkme):
         lw.predict(np.zeros((2, D)))
     with pytest.raises(TypeError, match="array of numbers"):
         predict_isolated(folder, read_manifest(folder).model, np.array([object()] * 2))
+
+
+# ---------------------------------------------------------------------------- warm zygote workers
+def _zygote(limits: WorkerLimits, worker_path: str):
+    """The zygote serving ``limits`` (started by a passing check); skips where none works here."""
+    from lwgpu.market.zygote import current_zygote
+
+    if worker_path != "warm":
+        pytest.skip("a warm-worker test")
+    z = current_zygote(limits)
+    if z is None or z.dead:
+        pytest.skip("no zygote works here (see the 'warm workers unavailable' warning)")
+    return z
+
+
+WRITER = """
+import builtins, socket, types
+builtins._lwgpu_leak = True
+sys.modules["lwgpu_leak_module"] = types.ModuleType("lwgpu_leak_module")
+os.environ["LWGPU_LEAK"] = "1"
+for path in ("/tmp/lwgpu-leak-{tag}", "/dev/shm/lwgpu-leak-{tag}"):
+    try:
+        open(path, "w").write("x")
+    except OSError:
+        pass
+LISTENER = socket.socket(socket.AF_UNIX)
+LISTENER.bind("\\0lwgpu-leak-{tag}")
+LISTENER.listen(1)
+np.random.seed(1234)
+"""
+
+READER = """
+import builtins, socket
+seen = [name for name, hit in (("builtins", hasattr(builtins, "_lwgpu_leak")),
+                               ("sys.modules", "lwgpu_leak_module" in sys.modules),
+                               ("environ", "LWGPU_LEAK" in os.environ),
+                               ("/tmp", os.path.exists("/tmp/lwgpu-leak-{tag}")),
+                               ("/dev/shm", os.path.exists("/dev/shm/lwgpu-leak-{tag}"))) if hit]
+try:
+    socket.socket(socket.AF_UNIX).connect("\\0lwgpu-leak-{tag}")
+    seen.append("abstract socket")
+except OSError:
+    pass
+root, me = os.path.split(os.getcwd())
+seen += [f"scratch folder {{n}}" for n in os.listdir(root) if n != me]
+seen += [f"process {{p}}" for p in os.listdir("/proc") if p.isdigit() and int(p) > 2]
+if seen:
+    raise RuntimeError(f"state carried over: {{seen}}")
+"""
+
+
+def test_no_state_carried_between_forks_of_one_zygote(tmp_path, rkme, worker_path):
+    from lwgpu.market.worker import IsolatedModel
+
+    tag = uuid.uuid4().hex[:8]
+    writer = _pkg(tmp_path, rkme, top=WRITER.format(tag=tag), label="writer")
+    reader = _pkg(tmp_path, rkme, body=READER.format(tag=tag), label="reader")
+    limits = WorkerLimits(warm=True)
+    _check(reader, rkme, warm=True)
+    z = _zygote(limits, worker_path)
+    X = np.zeros((3, D), dtype=np.float32)
+    with IsolatedModel(writer, read_manifest(writer).model, limits) as w:
+        w.load()  # the writer's module ran and its worker lives on: concurrent workers see none of it
+        with IsolatedModel(reader, read_manifest(reader).model, limits) as r:
+            r.load()
+            assert r.predict(X).tolist() == [0, 0, 0]
+    _check(reader, rkme, warm=True)  # nor does a later one
+    assert current_zygote_pid(limits) == z.proc.pid and z.forks >= 4
+    assert not Path(f"/tmp/lwgpu-leak-{tag}").exists()
+    draw = _pkg(tmp_path, rkme, body="return np.random.randint(0, 2**31, size=len(X))", label="draw")
+    cfg = read_manifest(draw).model
+    first, second = (predict_isolated(draw, cfg, X, limits) for _ in range(2))
+    assert first.tolist() != second.tolist()  # numpy's generator is reseeded per fork
+
+
+def current_zygote_pid(limits: WorkerLimits) -> int | None:
+    from lwgpu.market.zygote import current_zygote
+
+    z = current_zygote(limits)
+    return None if z is None else z.proc.pid
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_runaway_worker_is_killed_and_the_zygote_serves_on(tmp_path, rkme, iso, worker_path):
+    good = _pkg(tmp_path, rkme, label="good")
+    _check(good, rkme, timeout_s=2, isolation=iso, warm=True)
+    z = _zygote(WorkerLimits(isolation=iso), worker_path)
+    spin = _pkg(tmp_path, rkme, body="while True:\n    pass", label="spin")
+    live = set(z._children)  # workers kept alive by other tests
+    t0 = time.perf_counter()
+    with pytest.raises(SubmissionError, match="timed out after 2 s"):
+        _check(spin, rkme, timeout_s=2, isolation=iso, warm=True)
+    assert time.perf_counter() - t0 < 10
+    assert set(z._children) <= live and z.proc.poll() is None  # the zygote reported the kill and lives on
+    _check(good, rkme, timeout_s=2, isolation=iso, warm=True)
+    assert current_zygote_pid(WorkerLimits(isolation=iso)) == z.proc.pid
+
+
+def test_zygote_is_restarted_after_being_killed(tmp_path, rkme, worker_path):
+    import os
+    import signal
+    import threading
+
+    good = _pkg(tmp_path, rkme, label="good")
+    _check(good, rkme, warm=True)
+    z = _zygote(WorkerLimits(), worker_path)
+    slow = _pkg(tmp_path, rkme, body="import time\ntime.sleep(60)", label="slow")
+    result = []
+
+    def run() -> None:
+        try:
+            _check(slow, rkme, warm=True)
+        except SubmissionError as exc:
+            result.append(exc)
+
+    live = set(z._children)  # workers kept alive by other tests
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not any(c.pid > 0 for i, c in list(z._children.items()) if i not in live) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the slow package's worker is forked
+    time.sleep(0.5)
+    os.killpg(z.proc.pid, signal.SIGKILL)
+    thread.join(timeout=20)
+    assert not thread.is_alive() and result and "signal 9" in result[0].reason  # its worker died with it
+    _check(good, rkme, warm=True)
+    assert current_zygote_pid(WorkerLimits()) not in (None, z.proc.pid)
+
+
+def test_zygote_is_recycled_after_max_forks(tmp_path, rkme, worker_path, monkeypatch):
+    from lwgpu.market import zygote
+
+    good = _pkg(tmp_path, rkme, label="good")
+    limits = WorkerLimits(tmp_bytes=128 << 20, warm=True)  # a zygote of its own
+    _check(good, rkme, tmp_bytes=128 << 20, warm=True)
+    z = _zygote(limits, worker_path)
+    monkeypatch.setattr(zygote, "MAX_FORKS", z.forks + 1)
+    _check(good, rkme, tmp_bytes=128 << 20, warm=True)  # the last fork of this zygote
+    _check(good, rkme, tmp_bytes=128 << 20, warm=True)  # served by a new one
+    assert current_zygote_pid(limits) not in (None, z.proc.pid)
+    assert z.proc.wait(timeout=10) is not None  # the retired zygote exits once its workers have
+
+
+def test_warm_falls_back_to_cold_where_no_zygote_starts(tmp_path, rkme, worker_path, monkeypatch, caplog):
+    from lwgpu.market import zygote
+
+    if worker_path != "warm":
+        pytest.skip("a warm-worker test")
+    monkeypatch.setattr(zygote, "_BROKEN", {})
+    monkeypatch.setattr(zygote, "_CHILD", str(tmp_path / "no_such_zygote.py"))
+    limits = WorkerLimits(tmp_bytes=96 << 20, warm=True)  # a zygote of its own
+    good = _pkg(tmp_path, rkme, label="good")
+    _check(good, rkme, tmp_bytes=96 << 20, warm=True)  # served by a cold worker
+    assert "warm workers unavailable" in caplog.text and zygote.current_zygote(limits) is None

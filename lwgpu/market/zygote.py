@@ -1,0 +1,399 @@
+"""Warm isolated workers: a pristine zygote inside the sandbox forks one fresh worker per package.
+
+Starting Python and importing numpy (0.16-0.28 s) or scikit-learn/scipy (1.5 s more) dominated a
+cold check. A zygote, one per isolation kind and sandbox settings (``hidden_paths``, ``tmp_bytes``,
+``threads``; the other limits are set per worker), starts on first use *inside* the sandbox
+(bubblewrap, or ``unshare -U -r -m -n -p``), imports only trusted code (numpy and lwgpu's model
+loader; scikit-learn or torch before the first fork for a package that needs them: see
+:func:`lwgpu.market.worker.preload_for`) and never runs package code. Per package it forks:
+
+- *A* (:mod:`lwgpu.market.zygote_child`): PID 1 of new PID, mount, network, IPC and UTS
+  namespaces. It mounts fresh tmpfs over ``/tmp``, ``/dev/shm``, the hidden paths and the
+  market-private scratch root, binds back only its own scratch folder, makes every other mount
+  read-only (``/dev`` included) and mounts a fresh read-only ``/proc``. The folder name comes from
+  the parent on the worker's own stdin, never through the zygote, so the zygote's memory (which
+  every later fork inherits) holds no other package's name.
+- *B*: PID 2, the worker: it drops all capabilities (bounding set, ambient, effective and permitted;
+  no-new-privs), sets the rlimits of :class:`WorkerLimits`, chdirs into its folder and answers
+  ``load``/``predict`` with the cold worker's protocol, straight to the parent over its own pipes.
+
+Nothing carries from one package to the next: each worker is a fresh fork of the pristine zygote
+(module globals, ``sys.modules``; numpy's generator reseeded) with its own ``/tmp``, network, IPC,
+PIDs and view of the scratch root. The parent kills a runaway worker by asking the zygote to
+SIGKILL its A, which ends the whole PID namespace (what it started included); if the zygote does
+not answer it kills the zygote, and with it every worker it forked. A dead zygote is restarted on
+the next fork; one that has forked :data:`MAX_FORKS` workers or lived :data:`MAX_AGE_S` seconds is
+retired (it exits once its workers have) and replaced. Before a zygote is used, one probe fork
+checks that its worker sees only itself and its own folder; where the namespaces are not available
+(no user namespaces, a locked ``/proc``), the zygote is refused and workers start cold.
+
+Residual risks, compared with a cold worker (one sandbox per package):
+
+- The zygote holds ``CAP_SYS_ADMIN``/``CAP_SETPCAP`` in its sandbox's user namespace (not the
+  host's) to create A's namespaces, and A keeps them while it waits for B. Neither runs package code
+  or reads what a package wrote; B cannot see, signal or ptrace them (its own PID namespace and
+  ``/proc``; A has no signal handlers, more capabilities than B and is not dumpable).
+- Workers run as root of the sandbox's user namespace (the market's uid outside) without
+  capabilities; concurrent ones share, as cold workers do, the per-user kernel accounting
+  (``RLIMIT_NPROC``), keyrings and CPU/memory side channels, but no file, process, network or IPC.
+- Forks share the zygote's address-space layout (ASLR) and ``str`` hash seed; Python's ``random``
+  and numpy's global generator are reseeded per fork, a library's own seeded state is not.
+- Preloading scikit-learn imports pandas/pyarrow; their allocator thread is disabled by the
+  environment, and a zygote that runs threads anyway is logged (a fork copies only one thread).
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from .sandbox import WorkerLimits, _bubblewrap, _bwrap_command, _env, _needed_paths, _probe, isolation
+
+logger = logging.getLogger(__name__)
+
+MAX_FORKS = 1000  # workers one zygote forks before it is replaced
+MAX_AGE_S = 1800.0  # seconds a zygote serves before it is replaced
+START_TIMEOUT_S = 60.0  # a zygote's start (and a preload before a fork)
+_CHILD = str(Path(__file__).resolve().with_name("zygote_child.py"))
+
+
+class ZygoteUnavailable(RuntimeError):
+    """A zygote could not start or fork here (the caller starts a cold worker instead)."""
+
+
+# ---------------------------------------------------------------------------- scratch folders
+_ROOTS: dict[int, Path] = {}
+_ROOT_LOCK = threading.Lock()
+
+
+def scratch_root() -> Path:
+    """This process's private scratch root (0700, removed at exit); zygotes bind it read-write."""
+    with _ROOT_LOCK:
+        pid = os.getpid()
+        if pid not in _ROOTS:
+            _ROOTS[pid] = Path(tempfile.mkdtemp(prefix="lwgpu-scratch-")).resolve()
+            atexit.register(lambda: os.getpid() == pid and shutil.rmtree(_ROOTS[pid], True))
+        return _ROOTS[pid]
+
+
+def new_scratch() -> Path:
+    """A fresh folder (0700, a random 128-bit name) in :func:`scratch_root` for one worker."""
+    path = scratch_root() / secrets.token_hex(16)
+    path.mkdir(mode=0o700)
+    return path
+
+
+# ---------------------------------------------------------------------------- one zygote
+class ZygoteProc:
+    """A worker forked by a zygote, as :class:`~lwgpu.market.sandbox.WorkerProcess` drives it
+    (``stdin``/``stdout``/``stderr``, ``poll``, ``wait``, ``kill``, like a ``Popen``)."""
+
+    def __init__(self, zygote: "Zygote", rid: int, stdin: Any, stdout: Any, stderr: Any) -> None:
+        self.zygote, self.rid, self.pid = zygote, rid, -1
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.returncode: int | None = None
+        self._done = threading.Event()
+
+    def _exited(self, status: int | None) -> None:
+        self.returncode = -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
+        self._done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(f"zygote worker {self.pid}", timeout)
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the worker's PID namespace; the whole zygote if it does not confirm within 5 s."""
+        if self._done.is_set():
+            return
+        try:
+            self.zygote.send({"op": "kill", "id": self.rid})
+        except ZygoteUnavailable:
+            self.zygote.terminate()  # gone already: so are its workers
+        if not self._done.wait(5.0):
+            logger.error("zygote %d did not kill worker %d; killing the zygote", self.zygote.proc.pid, self.pid)
+            self.zygote.terminate()
+
+
+class Zygote:
+    """One zygote process (see the module docstring) for ``kind`` and ``limits``.
+
+    Raises :class:`ZygoteUnavailable` when it cannot start or its probe worker sees too much.
+    """
+
+    def __init__(self, kind: str, limits: WorkerLimits) -> None:
+        self.kind, self.limits, self.started, self.forks, self.owner = kind, limits, time.monotonic(), 0, os.getpid()
+        self.dead, self.preloaded = False, set()  # the modules asked for
+        self._ids = itertools.count(1)
+        self._pending: dict[int, queue.Queue] = {}
+        self._children: dict[int, ZygoteProc] = {}
+        self._lock = threading.Lock()
+        self._tail: deque[str] = deque(maxlen=50)
+        root = str(scratch_root())
+        if kind == "bubblewrap":
+            prefix = _bwrap_command(_bubblewrap(), root, limits, zygote=True)
+        else:
+            prefix = list(_unshare_zygote())
+            if not prefix:
+                raise ZygoteUnavailable("no 'unshare -U -r -m -n -p' here for a subprocess zygote")
+        cfg = {"limits": asdict(limits), "sys_path": [p for p in sys.path if os.path.isabs(p)],
+               "scratch_root": root, "needed": list(_needed_paths())}
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(prefix + [sys.executable, "-I", "-B", _CHILD, json.dumps(cfg)],
+                                         stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         cwd=root, env=_env(root, kind, limits), start_new_session=True, close_fds=True)
+        except OSError as exc:
+            self.sock.close()
+            raise ZygoteUnavailable(f"cannot start a {kind} zygote: {exc}") from exc
+        finally:
+            theirs.close()
+        self._hello: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name="lwgpu-zygote").start()
+        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True, name="lwgpu-zygote-err")
+        self._err_thread.start()
+        try:
+            hello = self._hello.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            hello = None
+        if not hello:
+            self.terminate()
+            self._err_thread.join(timeout=2.0)
+            raise ZygoteUnavailable(f"the {kind} zygote did not start: {self.stderr_tail()}")
+        if hello.get("threads", 1) > 1:
+            logger.warning("the %s zygote runs %s threads; forking it may deadlock", kind, hello["threads"])
+        self._probe()
+        logger.info("started a %s zygote (pid %d)", kind, self.proc.pid)
+
+    def _probe(self) -> None:
+        scratch = new_scratch()
+        try:
+            child = self.spawn(scratch, probe=True)
+            child.stdin.close()
+            rc = child.wait(START_TIMEOUT_S)  # a probe that hangs is killed with the zygote below
+            with child.stdout, child.stderr:
+                err = child.stderr.read(1 << 16).decode("utf-8", "replace")
+        except (ZygoteUnavailable, OSError, subprocess.TimeoutExpired) as exc:
+            rc, err = None, str(exc)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if rc != 0:
+            self.terminate()
+            raise ZygoteUnavailable(f"the {self.kind} zygote's probe worker failed ({rc}): {err[-2000:]}")
+
+    # -- channel
+    def send(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        try:
+            socket.send_fds(self.sock, [json.dumps(msg).encode()], list(fds))
+        except OSError as exc:
+            raise ZygoteUnavailable(f"the zygote is gone ({exc})") from exc
+
+    def _read(self) -> None:
+        while True:
+            try:
+                raw = self.sock.recv(1 << 16)
+            except OSError:
+                raw = b""
+            if not raw:
+                self.sock.close()
+                break
+            msg = json.loads(raw)
+            op = msg.get("op")
+            if op == "hello":
+                self._hello.put(msg)
+            elif op == "forked":
+                with self._lock:
+                    slot = self._pending.pop(msg["id"], None)
+                if slot is not None:
+                    slot.put(msg)
+            elif op == "exited":
+                with self._lock:
+                    child = self._children.pop(msg["id"], None)
+                if child is not None:
+                    child._exited(msg["status"])
+            elif op == "preloaded" and msg.get("threads", 1) > 1:
+                logger.warning("the %s zygote runs %s threads after preloading", self.kind, msg["threads"])
+        with self._lock:
+            self.dead = True
+            pending, children = list(self._pending.values()), list(self._children.values())
+            self._pending.clear()
+            self._children.clear()
+        self._hello.put(None)
+        for slot in pending:
+            slot.put({"error": f"the zygote died: {self.stderr_tail()}"})
+        for child in children:
+            child._exited(None)
+
+    def _read_stderr(self) -> None:
+        for line in iter(self.proc.stderr.readline, b""):
+            self._tail.append(line.decode("utf-8", "replace"))
+        self.proc.stderr.close()
+
+    def stderr_tail(self) -> str:
+        return "".join(self._tail)[-2000:]
+
+    # -- workers
+    def worn(self) -> bool:
+        return (self.dead or self.proc.poll() is not None or self.forks >= MAX_FORKS
+                or time.monotonic() - self.started > MAX_AGE_S)
+
+    def spawn(self, scratch: Path, limits: WorkerLimits | None = None, preload: Sequence[str] = (),
+              probe: bool = False) -> ZygoteProc:
+        """Fork a worker for ``scratch`` (a :func:`new_scratch` folder) that sets the rlimits of ``limits``
+        (default: the zygote's). Raises :class:`ZygoteUnavailable`."""
+        (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
+        rid, slot = next(self._ids), queue.Queue(1)
+        child = ZygoteProc(self, rid, os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
+        try:
+            with self._lock:
+                if self.dead:
+                    raise ZygoteUnavailable("the zygote is gone")
+                todo = [m for m in preload if m not in self.preloaded]
+                if todo:
+                    self.send({"op": "preload", "modules": todo})
+                    self.preloaded.update(todo)
+                self._pending[rid], self._children[rid] = slot, child
+                self.send({"op": "fork", "id": rid}, [in_r, out_w, err_w])
+                self.forks += 1
+            init = {"scratch": str(scratch), "limits": asdict(limits or self.limits), "probe": probe}
+            child.stdin.write(json.dumps(init).encode() + b"\n")
+            child.stdin.flush()
+            reply = slot.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            reply = {"error": f"no answer within {START_TIMEOUT_S:g} s"}
+        except (ZygoteUnavailable, OSError) as exc:  # OSError: the zygote closed the worker's stdin (it died)
+            reply = {"error": str(exc)}
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        if "error" in reply:
+            with self._lock:
+                self._children.pop(rid, None)
+            for f in (child.stdin, child.stdout, child.stderr):
+                f.close()
+            raise ZygoteUnavailable(f"the zygote could not fork: {reply['error']}")
+        child.pid = reply["pid"]
+        return child
+
+    def retire(self) -> None:
+        """No more forks: the zygote exits once its workers have."""
+        try:
+            self.send({"op": "retire"})
+        except ZygoteUnavailable:
+            pass
+
+    def terminate(self) -> None:
+        """Kill the zygote and, with its sandbox, every worker it forked."""
+        self.dead = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # the reader thread sees the end and closes it
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            logger.error("zygote %d did not die after SIGKILL", self.proc.pid)
+
+
+# ---------------------------------------------------------------------------- the zygotes of this process
+_POOL: dict[tuple, Zygote] = {}
+_RETIRED: list[Zygote] = []
+_BROKEN: dict[tuple, str] = {}
+_LOCKS: dict[tuple, threading.Lock] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _unshare_zygote() -> tuple[str, ...]:
+    """The ``unshare`` prefix of a subprocess-kind zygote (root of a new user namespace, with mount,
+    network and PID namespaces), or ``()`` where it does not work here."""
+    unshare, true = shutil.which("unshare"), shutil.which("true")
+    cmd = (unshare, "-U", "-r", "-m", "-n", "-p", "-f", "--kill-child") if unshare else ()
+    return cmd if cmd and true and _probe([*cmd, true]) else ()
+
+
+def _zygote(key: tuple) -> Zygote:
+    pool_key = (os.getpid(), key)  # a forked copy of this process starts zygotes of its own
+    with _POOL_LOCK:
+        lock = _LOCKS.setdefault(pool_key, threading.Lock())
+    with lock:
+        z = _POOL.get(pool_key)
+        if z is not None and z.worn():
+            with _POOL_LOCK:
+                _POOL.pop(pool_key, None)
+                _RETIRED[:] = [r for r in _RETIRED if not r.dead] + [z]
+            z.retire()
+            z = None
+        if z is None:
+            z = Zygote(*key)
+            with _POOL_LOCK:
+                _POOL[pool_key] = z
+        return z
+
+
+def _key(limits: WorkerLimits) -> tuple[str, WorkerLimits]:
+    kind = isolation(limits)  # a zygote serves every limits with the same sandbox and threads
+    return kind, WorkerLimits(threads=limits.threads, tmp_bytes=limits.tmp_bytes, hidden_paths=limits.hidden_paths,
+                              isolation=kind, warm=True)
+
+
+def current_zygote(limits: WorkerLimits) -> Zygote | None:
+    """The zygote now serving ``limits`` (None before the first warm worker or where none works)."""
+    return _POOL.get((os.getpid(), _key(limits)))
+
+
+def spawn_worker(scratch: Path, limits: WorkerLimits, preload: Sequence[str] = ()) -> ZygoteProc | None:
+    """A worker forked from the zygote for ``limits`` (started on first use), or None where no zygote
+    works here (then the caller starts a cold worker; the reason is logged once)."""
+    key = _key(limits)
+    for _ in range(2):  # a zygote that died is replaced once
+        if key in _BROKEN:
+            return None
+        try:
+            z = _zygote(key)
+        except ZygoteUnavailable as exc:
+            _BROKEN[key] = str(exc)
+            logger.warning("warm workers unavailable (%s); starting one interpreter per package", exc)
+            return None
+        try:
+            return z.spawn(scratch, limits, preload)
+        except ZygoteUnavailable as exc:
+            logger.warning("zygote %d failed (%s); replacing it", z.proc.pid, exc)
+            z.terminate()
+    return None
+
+
+def close_zygotes() -> None:
+    """Stop every zygote of this process (and the workers they forked)."""
+    with _POOL_LOCK:
+        zs = [z for z in (*_POOL.values(), *_RETIRED) if z.owner == os.getpid()]
+        _POOL.clear()
+        _RETIRED.clear()
+    for z in zs:
+        z.terminate()
+
+
+atexit.register(close_zygotes)
