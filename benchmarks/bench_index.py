@@ -1,18 +1,27 @@
-"""Indexed search (SpecIndex: FAISS candidates + exact re-ranking) vs exact search, same bank, same process.
+"""Indexed search (SpecIndex with its own defaults) vs exact search, same bank, same process.
 
-For each market size N: a synthetic spec market is made directly as arrays
+For each market size N: a synthetic spec market made directly as arrays
 (``lwgpu.data.clustered.synthetic_spec_arrays``: clusters of tasks, one spec per task, users drawn from a
-task), exact top-10 by ``lwgpu.search.search_exact`` is the ground truth and the baseline's time,
-and each FAISS layout (Flat, IVF, HNSW) is measured at a few search settings: recall@10 and
-queries/s, both paths batched over the same Q queries. The ORF embedding of the bank is computed
-once per N and shared by the layouts (its time is reported as ``embed_s``).
+task); one exact pass (every query against every spec, ``backend.mmd2``) gives the ground truth of the
+unfiltered search and of each filter (random admitted sets of 1%, 10%, 50% of the ids) and the
+exact baseline's rate. Then ``SpecIndex(bank)`` -- ``factory="auto"``: layout and probe count from N --
+is built (embedding included in the build time) and measured:
+
+- single queries, one at a time (latency p50/p99), and the Q queries in one batch (queries/s);
+- with an id selector admitting each filter's ids (``index.search(q, 10, allowed=ids)``);
+- the planner on the same filters (``lwgpu.search.planner.search``: exact rows in place for small
+  admitted sets, the index with a selector for large ones), single queries;
+- recall@10 of every row against exact search over the admitted specs (``lwgpu.eval.search.recall_at_k``).
+
+``--factories`` adds explicit FAISS layouts for comparison (built on the same embeddings).
 
 Usage::
 
-    python -m benchmarks.bench_index             # N = 10,000, 100,000, 1,000,000
-    python -m benchmarks.bench_index --quick     # N = 10,000 only, fewer queries
+    python -m benchmarks.bench_index                      # N = 10,000, 100,000, 1,000,000
+    python -m benchmarks.bench_index --quick              # N = 10,000 only, 50 queries
+    python -m benchmarks.bench_index --sizes 1000000 --factories "IVF1024,Flat"
 
-torch and FAISS both run with 2 threads.
+torch, numba and FAISS run with 2 threads.
 """
 from __future__ import annotations
 
@@ -20,8 +29,10 @@ import argparse
 import gc
 import json
 import logging
+import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,128 +46,143 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
 
-def settings_for(factory: str, n: int, ivf_probes: tuple = (64, 16, 128)) -> list[dict]:
-    """Search settings measured per layout (first one = the documented defaults)."""
-    if factory.startswith("IVF"):
-        return [{"candidates": 100, "probe": p} for p in ivf_probes]
-    if factory.startswith("HNSW"):
-        return [{"candidates": 100, "probe": p} for p in (256, 128, 512)]
-    return [{"candidates": c, "probe": None} for c in (100, 50, 200)]
+def exact_truth(bank, queries, filters: dict, k: int = 10, chunk: int = 10) -> tuple[dict, float]:
+    """Exact top-k ids per filter (None = all) from one pass of every query over every spec; seconds taken."""
+    from lwgpu.kernels import get_backend
+
+    be = get_backend("auto", "cpu")
+    ids = np.asarray(bank.ids, np.int64)
+    out = {name: [] for name in filters}
+    masks = {name: None if a is None else np.isin(ids, a) for name, a in filters.items()}
+    t0 = time.perf_counter()
+    for s in range(0, len(queries), chunk):
+        d = be.mmd2(queries.rows(s, min(s + chunk, len(queries))), bank).cpu().numpy()
+        for name, mask in masks.items():
+            dm = d if mask is None else np.where(mask[None, :], d, np.inf)
+            part = np.argpartition(dm, k, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(dm, part, 1), axis=1, kind="stable")
+            out[name].append(ids[np.take_along_axis(part, order, 1)])
+    return {name: np.concatenate(v) for name, v in out.items()}, time.perf_counter() - t0
+
+
+def time_single(fn, queries, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``fn(query_i)`` one query at a time; (latencies in ms (n,), ids (n, k))."""
+    fn(queries.rows(0, 1))  # warm-up
+    ts, ids = [], []
+    for i in range(n):
+        q = queries.rows(i, i + 1)
+        t0 = time.perf_counter()
+        nb = fn(q)
+        ts.append(1e3 * (time.perf_counter() - t0))
+        ids.append(nb.ids[0])
+    return np.asarray(ts), np.stack(ids)
 
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     from lwgpu.bank import SpecBank
     from lwgpu.data.clustered import synthetic_spec_arrays
-    from lwgpu.index import SpecIndex, make_embedder, recall_at_k
-    from lwgpu.search import search_exact
+    from lwgpu.index import SpecIndex, recall_at_k
+    from lwgpu.search.planner import search as planned_search
 
     t0 = time.perf_counter()
     m = synthetic_spec_arrays(n, args.queries, K=args.K, d=args.d, seed=args.seed)
     bank = SpecBank.from_arrays(m.pop("z"), m.pop("beta"), GAMMA)
     queries = SpecBank.from_arrays(m["qz"], m["qbeta"], GAMMA)
     logging.info("N=%d: market made in %.1fs (bank %.2f GB)", n, time.perf_counter() - t0, bank.nbytes / 1e9)
-
-    search_exact(bank, queries.subset(queries.ids[:1]), k=10)  # warm-up
-    t0 = time.perf_counter()
-    _, exact_ids = search_exact(bank, queries, k=10)
-    exact_s = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed)
+    filters = {1.0: None}
+    for f in args.filters:
+        filters[f] = np.sort(rng.choice(np.asarray(bank.ids), max(1, int(round(f * n))), replace=False))
+    truth, exact_s = exact_truth(bank, queries, filters)
     exact_qps = args.queries / exact_s
-    logging.info("N=%d: exact %.2f queries/s", n, exact_qps)
+    logging.info("N=%d: exact pass %.1fs (%.2f queries/s)", n, exact_s, exact_qps)
 
-    emb = make_embedder(args.embedder, args.d, args.D, GAMMA, seed=args.seed, bank=bank)
     t0 = time.perf_counter()
-    vecs = emb.embed_specs(bank.z, bank.beta, device="cpu")
-    embed_s = time.perf_counter() - t0
-    rows = []
-    for factory in args.factories:
-        if factory.startswith("HNSW") and n > args.hnsw_max:
-            logging.info("N=%d: skipping %s (graph build over %d vectors is beyond this run's budget)", n, factory, n)
-            continue
-        t0 = time.perf_counter()
-        index = SpecIndex(bank, factory=factory, embedder=emb, embeddings=vecs, seed=args.seed, device="cpu")
-        build_s = time.perf_counter() - t0
-        for st in settings_for(factory, n, args.ivf_probes):
-            index.search(queries.subset(queries.ids[:1]), 10, **st)  # warm-up
+    index = SpecIndex(bank, device="cpu", seed=args.seed)  # the defaults: factory="auto"
+    build_s = time.perf_counter() - t0
+    logging.info("N=%d: %r built in %.1fs", n, index, build_s)
+    indexes = [(index, build_s)]
+    if args.factories:
+        vecs = index.embedder.embed_specs(bank.z, bank.beta, device="cpu")
+        for factory in args.factories:
             t0 = time.perf_counter()
-            _, ids = index.search(queries, 10, **st)
-            sec = time.perf_counter() - t0
-            row = {
-                "N": n, "K": args.K, "d": args.d, "factory": index.built_factory, "embedder": emb.kind, "D": emb.D,
-                "candidates": st["candidates"], "probe": st["probe"], "recall@10": recall_at_k(ids, exact_ids),
-                "index_qps": args.queries / sec, "exact_qps": exact_qps, "speedup": exact_s / sec,
-                "embed_s": embed_s, "build_s": build_s, "queries": args.queries,
-            }
+            other = SpecIndex(bank, factory=factory, embedder=index.embedder, embeddings=vecs, device="cpu",
+                              seed=args.seed)
+            indexes.append((other, time.perf_counter() - t0))
+    rows = []
+    nq = min(args.latency_queries, args.queries)
+    for idx, b_s in indexes:
+        base = {"N": n, "K": args.K, "d": args.d, "layout": idx.built_factory, "D": idx.D,
+                "probe": idx.probe if idx.probe is not None else idx.layout.nprobe, "candidates": idx.candidates,
+                "build_s": b_s, "exact_qps": exact_qps, "load": os.getloadavg()[0]}
+        t0 = time.perf_counter()
+        batch = idx.search(queries, 10)
+        batch_qps = args.queries / (time.perf_counter() - t0)
+        for f, allowed in filters.items():
+            lat, got = time_single(lambda q, a=allowed: idx.search(q, 10, allowed=a), queries, nq)
+            row = dict(base, filter=f, path="index" if allowed is None else "index-filtered",
+                       recall=recall_at_k(got, truth[f][:nq], 10), p50_ms=float(np.median(lat)),
+                       p99_ms=float(np.percentile(lat, 99)),
+                       batch_qps=batch_qps if allowed is None else float("nan"))
+            if allowed is None:
+                row["batch_recall"] = recall_at_k(batch.ids, truth[f], 10)
             rows.append(row)
             logging.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-        del index
-        gc.collect()
+            if allowed is not None and idx is index:
+                methods = []
+                lat, got = time_single(lambda q, a=allowed: _note(planned_search(bank, q, 10, allowed=a, index=idx),
+                                                                  methods), queries, nq)
+                row = dict(base, filter=f, path="planner:" + "/".join(sorted(set(methods))),
+                           recall=recall_at_k(got, truth[f][:nq], 10), p50_ms=float(np.median(lat)),
+                           p99_ms=float(np.percentile(lat, 99)), batch_qps=float("nan"))
+                rows.append(row)
+                logging.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    del indexes, index
+    gc.collect()
     return rows
 
 
-def compare_embedders(args: argparse.Namespace) -> str:
-    """How many FAISS candidates (exact L2 over the embeddings) hold the exact top-10, per embedder and D.
-
-    Two markets of 10,000 specs: the benchmark's (spread: 100 clusters of tasks) and a compact one
-    (cluster/task/point scales 1, 0.5, 1: all points within a few kernel widths). Quantiles over the
-    queries of the rank (in embedding distance) of the worst-ranked exact top-10 spec.
-    """
-    from lwgpu.bank import SpecBank
-    from lwgpu.data.clustered import synthetic_spec_arrays
-    from lwgpu.index import make_embedder
-    from lwgpu.kernels import mmd2
-
-    lines = ["", "## Embedders: candidates needed to hold the exact top-10 (N = 10,000, Q = 100)", "",
-             "| market | embedder | D | median | q90 | q99 | max |", "|---|---|---:|---:|---:|---:|---:|"]
-    for name, kw in (("spread", {}), ("compact", {"cluster_scale": 1.0, "task_scale": 0.5, "point_scale": 1.0})):
-        m = synthetic_spec_arrays(10_000, 100, K=args.K, d=args.d, seed=args.seed, **kw)
-        bank = SpecBank.from_arrays(m["z"], m["beta"], GAMMA)
-        queries = SpecBank.from_arrays(m["qz"], m["qbeta"], GAMMA)
-        top = torch.argsort(mmd2(queries, bank).double().cpu(), dim=1)[:, :10]
-        for kind in ("rff", "orf", "nystroem"):
-            for D in (128, 512):
-                emb = make_embedder(kind, args.d, D, GAMMA, seed=args.seed, bank=bank)
-                e = torch.from_numpy(emb.embed_specs(bank.z, bank.beta, device="cpu"))
-                eq = torch.from_numpy(emb.embed_specs(queries.z, queries.beta, device="cpu"))
-                rank = torch.cdist(eq, e).argsort(1).argsort(1).gather(1, top).max(1).values.numpy() + 1
-                q = np.quantile(rank, [0.5, 0.9, 0.99, 1.0])
-                lines.append(f"| {name} | {kind} | {D} | " + " | ".join(f"{v:.0f}" for v in q) + " |")
-                logging.info("%s", lines[-1])
-    return "\n".join(lines) + "\n"
+def _note(nb, methods: list):
+    methods.append(nb.method)
+    return nb
 
 
 def write_markdown(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     import faiss
 
     lines = [
-        "# Indexed search (SpecIndex) vs exact search",
+        "# Indexed search: `SpecIndex(bank)` with its own defaults vs exact search",
         "",
-        f"- Machine: {_cpu_name()}, 2-core CPU (shared with other jobs while measured); "
-        f"torch {torch.__version__} and FAISS {faiss.__version__}, both with 2 threads.",
-        f"- Command: `{args.command}`",
+        f"- Machine: {_cpu_name()}, 2-core CPU shared with other jobs (load average per row); torch "
+        f"{torch.__version__}, FAISS {faiss.__version__}; torch, numba and FAISS with 2 threads.",
+        f"- Command: `{args.command}` ({args.wall:.0f} s wall in all)",
         f"- Market: `synthetic_spec_arrays` (clusters of tasks, one spec per task, users drawn from a task), "
-        f"K={args.K} points per spec, d={args.d}, gamma={GAMMA}; Q={args.queries} user specs per size, "
-        "batched in one call for both paths.",
-        f"- Embedding: {args.embedder.upper()} features, D={args.D}; FAISS candidates re-ranked by the exact "
-        "squared MMD; recall@10 against `lwgpu.search.search_exact` on the same bank (exact top-10 ids).",
-        "- `probe` is IVF nprobe / HNSW efSearch. Documented defaults: candidates 100, efSearch 256, "
-        "nprobe 64 per 125,000 specs (`lwgpu.index.default_nprobe`).",
+        f"K={args.K} points per spec, d={args.d}, gamma={GAMMA}; Q={args.queries} user specs.",
+        "- `SpecIndex(bank)`: `factory=\"auto\"` (`lwgpu.index.layout.auto_layout`: layout and nprobe from N), "
+        "ORF embedding D=512, candidates re-ranked by the exact squared MMD; build time includes embedding the bank.",
+        "- Filters: random admitted sets of the given fraction of the ids, passed as `allowed=` (an id selector; "
+        "nprobe and candidates raised as the fraction falls); `planner:` rows go through "
+        "`lwgpu.search.planner.search` (exact rows in place up to `PLANNER_EXACT_MAX_ROWS` admitted specs, or below "
+        "`PLANNER_INDEX_MIN_FRACTION` of the bank up to `PLANNER_FALLBACK_MAX_ROWS`).",
+        f"- Latency: {args.latency_queries} single queries one at a time (p50/p99, ms); batch: all Q in one call. "
+        "recall@10 against exact search over the admitted specs (`lwgpu.eval.search.recall_at_k`).",
         "",
-        "| N | layout | candidates | probe | recall@10 | index q/s | exact q/s | speedup | embed s | build s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | layout | nprobe | filter | path | recall@10 | p50 ms | p99 ms | batch q/s | exact q/s | build s | load |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        bq = "-" if r["batch_qps"] != r["batch_qps"] else f"{r['batch_qps']:.1f}"
         lines.append(
-            f"| {r['N']:,} | {r['factory']} | {r['candidates']} | {r['probe'] if r['probe'] is not None else '-'} | "
-            f"{r['recall@10']:.4f} | {r['index_qps']:.1f} | {r['exact_qps']:.2f} | {r['speedup']:.1f}x | "
-            f"{r['embed_s']:.1f} | {r['build_s']:.1f} |"
-        )
+            f"| {r['N']:,} | {r['layout']} | {r['probe'] if r['probe'] is not None else '-'} | {r['filter']:g} | "
+            f"{r['path']} | {r['recall']:.4f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {bq} | {r['exact_qps']:.2f} | "
+            f"{r['build_s']:.1f} | {r['load']:.1f} |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n" + args.notes)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,35 +190,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="N = 10,000 only, 50 queries")
     p.add_argument("--sizes", type=str, default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--latency-queries", type=int, default=100, help="queries timed one at a time")
     p.add_argument("--K", type=int, default=32)
     p.add_argument("--d", type=int, default=16)
-    p.add_argument("--D", type=int, default=512)
-    p.add_argument("--embedder", default="orf")
-    p.add_argument("--factories", type=str, default="Flat;IVF1024,Flat;HNSW32", help="';'-separated factory strings")
-    p.add_argument("--hnsw-max", type=int, default=100_000, help="largest N for the HNSW graph build")
+    p.add_argument("--filters", type=str, default="0.01,0.1,0.5", help="admitted fractions (',' separated)")
+    p.add_argument("--factories", type=str, default="", help="';'-separated FAISS layouts measured beside auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=str(RESULTS / "index.md"))
-    p.add_argument("--ivf-probes", type=str, default="64,16,128", help="IVF nprobe values measured")
-    p.add_argument("--embedders", action="store_true", help="also compare rff/orf/nystroem (candidates needed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     import faiss
 
     faiss.omp_set_num_threads(2)
+    try:
+        from lwgpu.kernels.numba_mmd import set_threads
+
+        set_threads(2)
+    except ImportError:  # pragma: no cover - numba absent
+        pass
     if args.quick:
-        args.sizes, args.queries = "10000", 50
+        args.sizes, args.queries, args.latency_queries = "10000", 50, 50
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    args.ivf_probes = tuple(int(x) for x in args.ivf_probes.split(","))
+    args.filters = [float(x) for x in args.filters.split(",") if x.strip()]
     args.factories = [f.strip() for f in args.factories.split(";") if f.strip()]
-    args.command = "python -m benchmarks.bench_index " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    args.notes = ""
+    args.command = "python -m benchmarks.bench_index " + " ".join(sys.argv[1:] if argv is None else argv)
+    t_all = time.perf_counter()
     rows = []
     for n in sizes:
         rows += run_size(n, args)
         gc.collect()
-    if args.embedders:
-        args.notes = compare_embedders(args)
+    args.wall = time.perf_counter() - t_all
     out = Path(args.out)
     write_markdown(rows, args, out)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

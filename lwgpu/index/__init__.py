@@ -1,33 +1,34 @@
 """Sublinear spec search: random-feature embeddings of RKMEs, FAISS candidates, exact re-ranking.
 
-``SpecIndex(bank, factory="IVF1024,Flat")`` embeds every spec of a SpecBank as one vector whose L2
-distances approximate the squared MMD, asks FAISS for candidates and re-ranks them exactly.
+``SpecIndex(bank)`` embeds every spec of a SpecBank as one vector whose L2 distances approximate the
+squared MMD, picks a FAISS layout and probe count from the bank's size (:func:`auto_layout`), asks
+FAISS for candidates (among admitted ids, with ``allowed=``) and re-ranks them exactly. The owner
+keeps it in step with the bank through ``index.add(ids)`` / ``index.remove(ids)``.
 """
 from .embed import NystroemFeatures, RandomFourierFeatures, SpecEmbedder, make_embedder, pad_specs
 from .faiss_index import SpecIndex
-from .tuning import (
-    DEFAULTS,
-    effective_factory,
-    IndexReport,
-    default_nprobe,
-    default_params,
-    evaluate_index,
-    recall_at_k,
-    tune,
+from .ids import id_checksum
+from .layout import (
+    Layout, auto_layout, clip_factory, default_nprobe, filtered_candidates, filtered_probe, layout_for,
 )
+from .tuning import IndexReport, evaluate_index, recall_at_k, tune
 from ..data.clustered import synthetic_spec_arrays  # the market the defaults are tuned on
 
 __all__ = [
-    "DEFAULTS",
     "IndexReport",
+    "Layout",
     "NystroemFeatures",
     "RandomFourierFeatures",
     "SpecEmbedder",
     "SpecIndex",
+    "auto_layout",
+    "clip_factory",
     "default_nprobe",
-    "default_params",
-    "effective_factory",
     "evaluate_index",
+    "filtered_candidates",
+    "filtered_probe",
+    "id_checksum",
+    "layout_for",
     "make_embedder",
     "pad_specs",
     "recall_at_k",

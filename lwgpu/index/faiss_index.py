@@ -1,47 +1,42 @@
-"""SpecIndex: FAISS over spec embeddings for candidates, exact squared MMD to re-rank them.
+"""SpecIndex: FAISS over spec embeddings for candidates, exact squared MMD (through a kernel backend) to re-rank.
 
 Each spec ``B`` of a :class:`~lwgpu.bank.SpecBank` is embedded as ``psi(B)`` (``lwgpu.index.embed``);
-FAISS (any ``index_factory`` string: ``Flat``, ``IVFn,Flat``, ``HNSWm``, ``IVFn,PQm``) returns the
-``candidates`` specs nearest to ``psi(query)`` in L2, and their exact ``dist(query, B)`` (squared MMD,
-DESIGN.md section 2) decides the returned top-k. FAISS ids are the bank's int64 ids (``IDMap2``).
+FAISS returns the ``candidates`` specs nearest to ``psi(query)`` in L2 (among admitted ids when a
+selector is given), and their exact ``dist(query, B)`` (squared MMD, DESIGN.md section 2), computed
+by ``backend.mmd2_rows`` on the bank's rows in place, decides the returned top-k.
 
-The index follows the bank: :meth:`SpecIndex.add` / :meth:`SpecIndex.remove` change the bank *and*
-the index; if the bank was changed directly, :meth:`SpecIndex.sync` (run automatically when a
-search meets an id the bank no longer holds) brings the index back in line.
+The index stores ids, never positions (bank rows move when specs are deleted). It follows the
+bank through two hooks the owner calls after changing the bank: :meth:`SpecIndex.add` (embeds only
+the new rows) and :meth:`SpecIndex.remove`; :attr:`SpecIndex.version` counts those changes. Searches
+never sync; :meth:`SpecIndex.sync` is an explicit repair (run by :meth:`SpecIndex.load` when the
+saved id count/checksum does not match the bank). With ``factory="auto"`` (the default) the layout
+and probe counts come from the bank's size (:func:`lwgpu.index.layout.auto_layout`), and the index is
+re-trained when the bank outgrows its layout.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import settings
 from ..device import faiss_info, resolve_device
+from ..kernels.backend import KernelBackend, pack, take_rows
 from ..search.exact import merge_topk
-from ..spec.validation import same_gamma
+from ..search.results import Neighbors
+from ..spec.validation import check_same_kernel
 from .embed import SpecEmbedder, make_embedder
-from .tuning import DEFAULTS, default_nprobe, effective_factory
+from .ids import (
+    Selector, faiss_module, faiss_search, gpu_clone, id_checksum, indexed_ids, search_params, sorted_unique,
+)
+from .layout import Layout, filtered_candidates, layout_for, needs_rebuild, probe_for
+from .rerank import grow_pool, row_of, stack_rows
+from .store import load_index, resolve_backend, save_index
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "lwgpu.SpecIndex/1"
-#: Elements of the largest (queries x Kq x candidates*K) kernel tile of the re-ranking step.
-RERANK_TILE = 1 << 24
-#: Rebuild a graph index (no remove_ids) once this fraction of its entries are removed ids.
-TOMBSTONE_REBUILD = 0.1
-_TRAIN_PER_LIST = 64
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:  # pragma: no cover - faiss is an install requirement of the cpu/gpu extras
-        raise ImportError("SpecIndex needs FAISS: pip install 'lwgpu[cpu]' (faiss-cpu) or 'lwgpu[gpu]'") from exc
-    return faiss
 
 
 class SpecIndex:
@@ -50,62 +45,61 @@ class SpecIndex:
     Parameters
     ----------
     bank : SpecBank
-        The market's specs; the index stores ids, not copies of the specs.
+        The market's specs; the index stores their ids, not copies of the specs.
     factory : str
-        FAISS ``index_factory`` string over the embeddings, e.g. ``"Flat"``, ``"IVF1024,Flat"``,
-        ``"HNSW32"``, ``"IVF1024,PQ32"``. IVF list counts are clipped for small banks (logged).
+        ``"auto"`` (layout and probes from the bank's size), or a FAISS ``index_factory`` string
+        (``"Flat"``, ``"IVF1024,SQ8"``, ``"HNSW32"``, ``"IVF1024,PQ32"``; IVF list counts are clipped
+        for small banks).
     D : int
-        Embedding dimension (default ``DEFAULTS["D"]``).
+        Embedding dimension (default ``settings.INDEX_D``).
     candidates : int
-        Specs re-ranked exactly per query (default ``DEFAULTS["candidates"]``).
+        Specs re-ranked exactly per query (default ``settings.INDEX_CANDIDATES``).
+    device : "auto" | "cpu" | "cuda[:i]"
+        Where embeddings and re-ranking run; FAISS goes to the GPU for unfiltered searches only
+        when FAISS has GPU support and the device is CUDA.
+    seed : int
+        Seeds the embedder, the IVF training sample and k-means.
     embedder : str or SpecEmbedder
         ``"orf"`` (default), ``"rff"``, ``"nystroem"`` (landmarks from the bank), or a ready embedder.
     probe : int, optional
-        IVF ``nprobe`` / HNSW ``efSearch`` (defaults from ``DEFAULTS``; efSearch is raised to at
-        least ``candidates``).
-    device : "auto" | "cpu" | "cuda[:i]"
-        Where embeddings and re-ranking run; FAISS goes to the GPU only when FAISS has GPU support
-        and the device is CUDA.
-    seed : int
-        Seeds the embedder, the IVF training sample and k-means.
+        IVF nprobe / HNSW efSearch for unfiltered searches (default: the layout's, by bank size).
+    backend : str or KernelBackend
+        Kernel backend of the exact re-ranking (``get_backend(backend, device)``, resolved once).
     embeddings : np.ndarray (N, D) float32, optional
-        ``embedder.embed_specs`` of the bank's rows, already computed (needs a ready ``embedder``):
-        several indexes over one bank then share one embedding pass.
+        ``embedder.embed_specs`` of the bank's rows, already computed (needs a ready ``embedder``).
     """
 
-    def __init__(
-        self,
-        bank: Any,
-        factory: str = "IVF1024,Flat",
-        D: int | None = None,
-        candidates: int | None = None,
-        device: str | torch.device | None = "auto",
-        seed: int = 0,
-        embedder: str | SpecEmbedder | None = None,
-        probe: int | None = None,
-        *,
-        embeddings: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, bank: Any, factory: str = "auto", D: int | None = None, candidates: int | None = None,
+                 device: str | torch.device | None = "auto", seed: int = 0, embedder: str | SpecEmbedder | None = None,
+                 probe: int | None = None, *, backend: str | KernelBackend = "auto",
+                 embeddings: np.ndarray | None = None) -> None:
         self.bank = bank
         self.factory = str(factory)
-        self.candidates = int(candidates or DEFAULTS["candidates"])
+        self.candidates = int(candidates or settings.INDEX_CANDIDATES)
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1; got {candidates}")
         self.seed = int(seed)
         self.device = resolve_device(device)
-        self.probe = probe
-        self._kind = embedder if isinstance(embedder, str) else DEFAULTS["embedder"]
-        self._D = int(D or (embedder.D if isinstance(embedder, SpecEmbedder) else DEFAULTS["D"]))
+        self.probe = None if probe is None else int(probe)
+        self.backend = resolve_backend(backend, self.device, bank)
+        self._kind = embedder if isinstance(embedder, str) else settings.INDEX_EMBEDDER
+        self._D = int(D or (embedder.D if isinstance(embedder, SpecEmbedder) else settings.INDEX_D))
         self.embedder: SpecEmbedder | None = embedder if isinstance(embedder, SpecEmbedder) else None
         if self.embedder is not None and (self.embedder.d != bank.d or abs(self.embedder.gamma - bank.gamma) > 1e-12):
             raise ValueError("the given embedder's d/gamma differ from the bank's; build it for this bank")
-        self._cpu: Any = None  # faiss IndexIDMap2 on CPU: the master copy (saved, mutated)
+        self._cpu: Any = None  # the FAISS index on CPU: the master copy (saved, mutated)
         self._gpu: Any = None  # lazy GPU clone of _cpu
         self._gpu_res: Any = None
         self._tomb: set[int] = set()
-        self.built_factory: str | None = None
+        self.layout: Layout | None = None
+        self.built_n = 0
+        #: changes (add/remove/rebuild) since construction
+        self.version = 0
+        #: ``bank.version`` when the index last heard of the bank (build or hook); see :meth:`in_step`
+        self.bank_version: int | None = None
         if embeddings is not None and (self.embedder is None or np.shape(embeddings) != (len(bank), self.D)):
-            raise ValueError(f"embeddings must be ({len(bank)}, D) from a given SpecEmbedder; got {np.shape(embeddings)}")
+            raise ValueError(f"embeddings must be ({len(bank)}, D) from a given SpecEmbedder; "
+                             f"got {np.shape(embeddings)}")
         if len(bank):
             self.rebuild(embeddings)
         else:
@@ -115,6 +109,11 @@ class SpecIndex:
     @property
     def D(self) -> int:
         return self.embedder.D if self.embedder is not None else self._D
+
+    @property
+    def built_factory(self) -> str | None:
+        """The FAISS factory string actually built (None before the first build)."""
+        return None if self.layout is None else self.layout.factory
 
     @property
     def ntotal(self) -> int:
@@ -129,67 +128,56 @@ class SpecIndex:
 
     # ------------------------------------------------------------------ building
     def _embed_rows(self, pos: np.ndarray | None = None) -> np.ndarray:
+        """Embeddings (M, D) float32 of bank rows ``pos`` (all rows when None)."""
         z, beta = self.bank.z, self.bank.beta
         if pos is not None:
-            idx = torch.as_tensor(pos, device=z.device)
-            z, beta = z.index_select(0, idx), beta.index_select(0, idx)
+            z, beta = take_rows(z, pos), take_rows(beta, pos)
         return self.embedder.embed_specs(z, beta, device=self.device)
 
     def rebuild(self, embeddings: np.ndarray | None = None) -> None:
-        """(Re)build from the bank's current specs: embedder (if not given), training, all entries.
+        """(Re)build from the bank's current specs: embedder (if not given), layout, training, all entries.
 
         ``embeddings`` (N, D): the bank rows' embeddings by this index's embedder, if already computed.
         """
-        faiss = _faiss()
+        faiss = faiss_module()
         n = len(self.bank)
         if self.embedder is None:
-            self.embedder = make_embedder(self._kind, self.bank.d, self._D, self.bank.gamma, seed=self.seed, bank=self.bank)
+            self.embedder = make_embedder(self._kind, self.bank.d, self._D, self.bank.gamma, seed=self.seed,
+                                          bank=self.bank)
         emb = self._embed_rows() if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.built_factory = effective_factory(self.factory, n)
-        index = faiss.index_factory(self.D, "IDMap2," + self.built_factory)
-        if not index.is_trained:
-            ivf = faiss.try_extract_index_ivf(index)
-            nlist = ivf.nlist if ivf is not None else 256
+        layout = layout_for(self.factory, n, self.D)
+        if layout.kind == "ivf":
+            index = faiss.index_factory(self.D, layout.factory)  # IVF stores ids itself: selectors see them as is
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed = self.seed
+            m = min(n, max(int(ivf.nlist) * settings.INDEX_TRAIN_PER_LIST, settings.INDEX_TRAIN_MIN))
             rng = np.random.default_rng(self.seed)
-            m = min(n, max(nlist * _TRAIN_PER_LIST, 10_000))
-            sample = emb if m == n else emb[np.sort(rng.choice(n, size=m, replace=False))]
-            if ivf is not None:
-                ivf.cp.seed = self.seed
-            index.train(sample)
-        index.add_with_ids(emb, self.bank.ids.astype(np.int64))
+            index.train(emb if m == n else emb[np.sort(rng.choice(n, size=m, replace=False))])
+            if not isinstance(ivf, faiss.IndexIVFFastScan):  # fast-scan lists (blocks) remove by a scan
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # O(1) remove_ids by id
+        else:
+            index = faiss.index_factory(self.D, "IDMap2," + layout.factory)
+            if not index.is_trained:
+                index.train(emb)
+        index.add_with_ids(emb, np.asarray(self.bank.ids, dtype=np.int64))
         self._cpu, self._gpu, self._tomb = index, None, set()
-        self._built_n = n
-        logger.info("SpecIndex: built %s over %d specs (D=%d, %s)", self.built_factory, n, self.D, self.embedder.kind)
+        self.layout, self.built_n = layout, n
+        self._heard()
+        logger.info("SpecIndex: built %s over %d specs (D=%d, %s)", layout.factory, n, self.D, self.embedder.kind)
 
-    def _index(self) -> Any:
-        """The FAISS index to search: a GPU clone when FAISS has GPU support and the device is CUDA."""
-        if self.device.type != "cuda" or not faiss_info()[1]:
+    def _index(self, filtered: bool) -> Any:
+        """The FAISS index to search: a GPU clone for unfiltered searches when FAISS has GPU support and
+        the device is CUDA (FAISS's GPU indexes take no id selector)."""
+        if filtered or self.device.type != "cuda" or not faiss_info()[1]:
             return self._cpu
         if self._gpu is None:
-            faiss = _faiss()
-            try:
-                if self._gpu_res is None:
-                    self._gpu_res = faiss.StandardGpuResources()
-                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, self._cpu)
-            except Exception as exc:  # noqa: BLE001 - e.g. HNSW has no GPU version
-                logger.warning("SpecIndex: %s stays on CPU (%s)", self.built_factory, exc)
-                self._gpu = self._cpu
+            self._gpu, self._gpu_res = gpu_clone(self._cpu, self.device, self._gpu_res)
         return self._gpu
 
-    def _set_probe(self, index: Any, probe: int | None, n_cand: int) -> None:
-        faiss, name = _faiss(), self.built_factory or ""
-        gpu = index is not self._cpu and hasattr(faiss, "GpuParameterSpace")
-        space = faiss.GpuParameterSpace() if gpu else faiss.ParameterSpace()
-        if "IVF" in name:
-            nlist = faiss.extract_index_ivf(self._cpu).nlist
-            space.set_index_parameter(index, "nprobe", int(probe or default_nprobe(self.ntotal, nlist)))
-        elif "HNSW" in name:
-            space.set_index_parameter(index, "efSearch", max(int(probe or DEFAULTS["ef_search"]), n_cand))
-
     # ------------------------------------------------------------------ search
-    def search(self, query: Any, k: int = 10, candidates: int | None = None,
-               probe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k market specs by exact squared MMD among FAISS's candidates.
+    def search(self, query: Any, k: int = 10, allowed: Any = None, candidates: int | None = None,
+               probe: int | None = None) -> Neighbors:
+        """Top-k specs by exact squared MMD among FAISS's candidates (admitted ids only, if given).
 
         Parameters
         ----------
@@ -197,196 +185,215 @@ class SpecIndex:
             Q user specs (same gamma and d as the bank).
         k : int
             Results per query.
+        allowed : array-like of int64, optional
+            Admitted ids (e.g. the semantic filter's); passed to FAISS as an id selector, with the
+            probe count and first pool raised as the admitted fraction falls
+            (:func:`~lwgpu.index.layout.filtered_probe`, :func:`~lwgpu.index.layout.filtered_candidates`).
         candidates, probe : int, optional
-            Override the index's candidate count and nprobe/efSearch for this call.
+            Override the first pool's size and nprobe/efSearch for this call.
 
         Returns
         -------
-        dists : np.ndarray float64 (Q, k)
-            Exact squared MMD, ascending (``inf`` where fewer than k specs were found).
-        ids : np.ndarray int64 (Q, k)
-            Bank ids (``-1`` where fewer than k specs were found).
+        Neighbors
+            dists float64 (Q, k) exact and ascending, ids int64 (Q, k); ``inf``/``-1`` pad missing hits.
+            ``method`` is ``"index"`` or ``"index-filtered"``. Each query's pool of exactly re-ranked
+            candidates grows until certified (:mod:`lwgpu.index.rerank`); :meth:`search_certified` also
+            says which queries certified.
         """
-        from ..bank import as_bank
+        return self.search_certified(query, k, allowed, candidates, probe)[0]
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1; got {k}")
-        qb = as_bank(query)
-        if qb.d != self.bank.d or not same_gamma(qb.gamma, self.bank.gamma):
-            raise ValueError(
-                f"queries have d={qb.d}, gamma={qb.gamma} but the bank holds d={self.bank.d}, gamma={self.bank.gamma}"
-            )
-        nq = len(qb)
-        if self._cpu is None or self.ntotal == 0:
-            return np.full((nq, k), np.inf), np.full((nq, k), -1, np.int64)
-        n_cand = max(k, int(candidates or self.candidates))
-        n_search = min(n_cand + len(self._tomb), int(self._cpu.ntotal))
-        emb = self.embedder.embed_specs(qb.z, qb.beta, device=self.device)
-        index = self._index()
-        self._set_probe(index, probe if probe is not None else self.probe, n_search)
-        _, cand = index.search(emb, n_search)
-        if self._tomb:
-            cand = np.where(np.isin(cand, np.fromiter(self._tomb, np.int64)), -1, cand)
-        try:
-            pos = self._positions(cand)
-        except ValueError:
-            logger.warning("SpecIndex: the bank changed outside the index; syncing")
-            self.sync()
-            return self.search(query, k, candidates, probe)
-        dists = self._rerank(qb, pos)
-        out_d, out_i = merge_topk(dists, np.where(pos >= 0, cand, -1), k)  # ascending, ties by smaller id
-        out_i = np.where(np.isfinite(out_d), out_i, -1)
-        kk = out_d.shape[1]
-        if kk < k:
-            out_d = np.concatenate([out_d, np.full((nq, k - kk), np.inf)], 1)
-            out_i = np.concatenate([out_i, np.full((nq, k - kk), -1, np.int64)], 1)
-        return out_d, out_i.astype(np.int64)
+    def search_certified(self, query: Any, k: int = 10, allowed: Any = None, candidates: int | None = None,
+                         probe: int | None = None, max_candidates: int | None = None,
+                         certify_k: int | None = None) -> tuple[Neighbors, np.ndarray]:
+        """:meth:`search`, and bool (Q,): whether each query's pool was certified within ``max_candidates``
+        (default ``settings.INDEX_MAX_CANDIDATES``) for its ``certify_k`` (default k) nearest."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {k!r}")
+        q = pack(query)
+        check_same_kernel(q.d, q.gamma, self.bank.d, self.bank.gamma, "the queries", "the bank")
+        method = "index" if allowed is None else "index-filtered"
+        nq = len(q)
+        live, sel, fraction = self.ntotal, None, 1.0
+        if allowed is not None:
+            allowed = sorted_unique(allowed)
+            if self._tomb:
+                allowed = np.setdiff1d(allowed, np.fromiter(self._tomb, np.int64), assume_unique=True)
+            live = min(live, int(allowed.size))
+            if live:
+                sel, fraction = Selector(allowed, self.ntotal), min(1.0, allowed.size / max(1, self.ntotal))
+        if self._cpu is None or live == 0:
+            return Neighbors.padded(np.empty((nq, 0)), np.empty((nq, 0), np.int64), k, method), np.ones(nq, bool)
+        first = min(filtered_candidates(max(k, int(candidates or self.candidates)), fraction), live)
+        most = min(live, max(first, int(max_candidates or settings.INDEX_MAX_CANDIDATES)))
+        emb = self.embedder.embed_specs(q.z, q.beta, device=self.device)
+        index = self._index(sel is not None)
+        base = probe if probe is not None else self.probe
+        base = probe_for(self.layout, self.ntotal) if base is None else base  # nprobe / efSearch
+        params = search_params(self.layout, base, first, sel, fraction, self.ntotal)
 
-    def _positions(self, cand: np.ndarray) -> np.ndarray:
-        """Bank rows of candidate ids (Q, C); ``-1`` stays ``-1``. ValueError if an id left the bank."""
-        pos, ok = np.full(cand.shape, -1, np.int64), cand >= 0
-        pos[ok] = self.bank.positions(cand[ok]) if ok.any() else pos[ok]
-        return pos
+        def fetch(rows: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+            n_search = min(m + len(self._tomb), int(self._cpu.ntotal))
+            e, cand = faiss_search(index, emb[rows], n_search, params)
+            nlist = int(self.layout.nlist or 0)
+            short = (cand >= 0).sum(1) < min(m, live)
+            if sel is not None and nlist and settings.INDEX_FILTER_FULL_FALLBACK and short.any() \
+                    and params.nprobe < nlist:  # too few admitted specs in the probed lists: every list
+                full = faiss_module().SearchParametersIVF(nprobe=nlist, sel=sel.sel)
+                e[short], cand[short] = faiss_search(index, emb[rows][short], n_search, full)
+            if self._tomb:  # hidden entries out, the rest moved up
+                cand = np.where(np.isin(cand, np.fromiter(self._tomb, np.int64)), -1, cand)
+                up = np.argsort(cand < 0, axis=1, kind="stable")
+                e, cand = np.take_along_axis(e, up, 1), np.take_along_axis(cand, up, 1)
+            return np.where(cand >= 0, e, np.inf), cand
 
-    def _rerank(self, qb: Any, pos: np.ndarray) -> np.ndarray:
-        """Exact dist(query_q, bank[pos[q, c]]) as float64 (Q, C); ``inf`` where ``pos`` is -1."""
-        dev = self.device
-        nq, nc = pos.shape
-        kq, kb, d = qb.K, self.bank.K, self.bank.d
-        out = np.full((nq, nc), np.inf)
-        step = max(1, RERANK_TILE // max(1, kq * nc * kb))
-        bz, bb, bs = self.bank.z, self.bank.beta, self.bank.self_inner
-        gamma = float(self.bank.gamma)
-        with torch.no_grad():
-            for s in range(0, nq, step):
-                p = pos[s : s + step]
-                valid = torch.as_tensor(p >= 0, device=dev)
-                flat = torch.as_tensor(np.maximum(p, 0).reshape(-1), device=bz.device)
-                zc = bz.index_select(0, flat).to(dev, torch.float32).reshape(len(p), nc * kb, d)
-                bc = bb.index_select(0, flat).to(dev, torch.float32).reshape(len(p), nc, kb)
-                sc = bs.index_select(0, flat).to(dev, torch.float64).reshape(len(p), nc)
-                qz = qb.z[s : s + step].to(dev, torch.float32)
-                qw = qb.beta[s : s + step].to(dev, torch.float32)
-                real = (qw != 0).to(torch.float32).unsqueeze(-1)  # centre on real points (MMD is shift invariant)
-                centre = (qz * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1.0)
-                qz = qz - centre
-                zc = zc.sub_(centre)  # index_select made a fresh copy
-                # exponent -gamma (|a|^2 + |b|^2 - 2 a.b) from one batched GEMM, clamped at 0, exp in place
-                base = (qz * qz).sum(-1, keepdim=True) + (zc * zc).sum(-1).unsqueeze(1)  # (q, Kq, C*K)
-                kmat = base.baddbmm_(qz, zc.transpose(1, 2), beta=-gamma, alpha=2.0 * gamma).clamp_max_(0.0).exp_()
-                cross = torch.bmm(qw.unsqueeze(1), kmat).reshape(len(p), nc, kb).mul_(bc).sum(-1)
-                sq = qb.self_inner[s : s + step].to(dev, torch.float64)
-                dist = (sq[:, None] - 2.0 * cross.double() + sc).clamp_min_(0.0)
-                out[s : s + step] = dist.masked_fill(~valid, math.inf).cpu().numpy()
+        e, cand = fetch(np.arange(nq), min(most, first * settings.INDEX_PREFETCH))
+        d = np.full(cand.shape, np.inf)
+        d[:, :first] = self._exact(q, cand[:, :first])
+        out_d, out_i, ok = [], [], np.ones(nq, bool)
+        for i in range(nq):
+            one = q if nq == 1 else row_of(q, i)
+            more = lambda m, i=i: tuple(a[0] for a in fetch(np.array([i]), m))  # noqa: E731
+            exact = lambda c, one=one: self._exact(one, c[None])[0]  # noqa: E731
+            ids_i, d_i, ok[i] = grow_pool(min(k, certify_k or k), first, most, more, exact, e[i], cand[i], d[i])
+            top_d, top_i = merge_topk(d_i[None], np.where(np.isfinite(d_i), ids_i, -1)[None], k)
+            out_d.append(top_d[0])
+            out_i.append(top_i[0])
+        nb = Neighbors.padded(stack_rows(out_d, k), stack_rows(out_i, k, -1), k, method)
+        return nb, ok
+
+    def _exact(self, q: Any, cand: np.ndarray) -> np.ndarray:
+        """Exact squared MMD (Q, C) of queries to candidate ids (Q, C) by the backend (``inf`` for -1), rows
+        gathered in storage order."""
+        pos = self._positions(cand)
+        order = np.argsort(pos, axis=1, kind="stable")  # sequential gathers
+        out = np.empty(pos.shape)
+        got = self.backend.mmd2_rows(q, self.bank, np.take_along_axis(pos, order, 1)).cpu().numpy()
+        np.put_along_axis(out, order, got, 1)
         return out
 
-    # ------------------------------------------------------------------ mutation
-    def add(self, specs: Any, ids: Any = None) -> np.ndarray:
-        """Add specs to the bank (``bank.add``) and to the index; returns their ids (int64)."""
-        new_ids = self.bank.add(specs, ids)
-        self._add_ids(new_ids)
-        return new_ids
+    def _positions(self, cand: np.ndarray) -> np.ndarray:
+        """Bank rows of candidate ids (Q, C); ``-1`` stays ``-1``, and so do ids the bank no longer holds
+        (an index out of step with its bank: logged; :meth:`sync` repairs it)."""
+        pos, ok = np.full(cand.shape, -1, np.int64), cand >= 0
+        if not ok.any():
+            return pos
+        try:
+            pos[ok] = self.bank.positions(cand[ok])
+        except ValueError:
+            known = ok & np.isin(cand, np.asarray(self.bank.ids, np.int64))
+            logger.warning("SpecIndex: %d candidate ids are no longer in the bank (call the index's remove() "
+                           "hook when specs leave the bank, or sync())", int((ok & ~known).sum()))
+            if known.any():
+                pos[known] = self.bank.positions(cand[known])
+        return pos
+
+    # ------------------------------------------------------------------ following the bank
+    def add(self, ids: Any) -> None:
+        """Hook: the bank now holds specs ``ids`` (new, or replaced under the same id); embed and add only those.
+
+        Builds the index on the first specs, and re-trains it (logged) once the bank grew
+        ``INDEX_REBUILD_GROWTH`` times past the size it was built for and the layout for the new size differs.
+        """
+        if hasattr(ids, "z") or (isinstance(ids, (list, tuple)) and ids and hasattr(ids[0], "z")):
+            raise TypeError("SpecIndex.add takes ids of specs in the bank: bank.add(specs), then index.add(ids)")
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if ids.size == 0:
+            return
+        revived = self._tomb.intersection(ids.tolist())
+        n = len(self.bank)
+        if self._cpu is None or revived or needs_rebuild(self.factory, self.layout, self.built_n, n, self.D):
+            if self._cpu is not None and not revived:
+                logger.info("SpecIndex: the bank grew from %d to %d specs; re-training as %s", self.built_n, n,
+                            layout_for(self.factory, n, self.D, quiet=True).factory)
+            self.rebuild()
+            return
+        emb = self._embed_rows(self.bank.positions(ids))
+        if self.layout.kind != "hnsw":
+            self._drop(ids)  # replaced specs: no duplicate entries
+        self._cpu.add_with_ids(emb, ids)
+        self._gpu = None
+        self._heard()
 
     def remove(self, ids: Any) -> None:
-        """Remove ids from the bank (``bank.remove``) and from the index."""
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        self.bank.remove(ids)
-        self._remove_ids(ids)
+        """Hook: specs ``ids`` left the bank (before or after ``bank.remove``); drop them from the index."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if self._cpu is None or ids.size == 0:
+            return
+        self._drop(ids)
+        self._heard()
 
-    def sync(self) -> None:
-        """Make the index hold exactly the bank's ids (after the bank was changed directly).
+    def _heard(self) -> None:
+        self.version += 1
+        self.bank_version = getattr(self.bank, "version", None)
 
-        Specs replaced under the same id are not detected: remove and add through the index for that.
+    def in_step(self) -> bool:
+        """O(1): whether the bank has not changed since the index last heard of it (build or hook), by
+        ``bank.version``; False when the bank keeps no version. :meth:`matches` is the full check."""
+        return self.bank_version is not None and self.bank_version == getattr(self.bank, "version", None)
+
+    def _drop(self, ids: np.ndarray) -> int:
+        faiss = faiss_module()
+        if self.layout.kind == "hnsw":  # graph indexes cannot delete: hide the ids, rebuild when many
+            self._tomb.update(ids.tolist())
+            if len(self._tomb) > settings.INDEX_TOMBSTONE_REBUILD * self._cpu.ntotal:
+                self.rebuild()
+            return len(ids)
+        buf = np.ascontiguousarray(ids)
+        ivf = faiss.try_extract_index_ivf(self._cpu)
+        direct = ivf is not None and ivf.direct_map.type == faiss.DirectMap.Hashtable  # IDSelectorArray only
+        sel = (faiss.IDSelectorArray(len(buf), faiss.swig_ptr(buf)) if direct
+               else faiss.IDSelectorBatch(len(buf), faiss.swig_ptr(buf)))
+        removed = int(self._cpu.remove_ids(sel))
+        self._gpu = None
+        return removed
+
+    def indexed_ids(self) -> np.ndarray:
+        """Sorted ids the index currently answers with (reads FAISS's lists: for checks and repair)."""
+        ids = np.empty(0, np.int64) if self._cpu is None else indexed_ids(self._cpu)
+        if self._tomb:
+            ids = ids[~np.isin(ids, np.fromiter(self._tomb, np.int64))]
+        return np.sort(ids)
+
+    def checksum(self) -> int:
+        """:func:`~lwgpu.index.ids.id_checksum` of the indexed ids."""
+        return id_checksum(self.indexed_ids())
+
+    def matches(self, bank: Any = None) -> bool:
+        """Whether the index holds exactly the bank's ids (count, then an order-free checksum)."""
+        bank = self.bank if bank is None else bank
+        return self.ntotal == len(bank) and self.checksum() == id_checksum(bank.ids)
+
+    def sync(self) -> tuple[int, int]:
+        """Repair: make the index hold exactly the bank's ids; returns (removed, added).
+
+        Specs replaced under the same id are not detected: call :meth:`add` for those ids.
         """
         live = self.indexed_ids()
         gone = np.setdiff1d(live, self.bank.ids)
         new = np.setdiff1d(self.bank.ids, live)
         if gone.size:
-            self._remove_ids(gone)
+            self.remove(gone)
         if new.size:
-            self._add_ids(new)
+            self.add(new)
         logger.info("SpecIndex.sync: %d removed, %d added", gone.size, new.size)
-
-    def indexed_ids(self) -> np.ndarray:
-        """Sorted ids the index currently answers with."""
-        ids = np.empty(0, np.int64) if self._cpu is None else _faiss().vector_to_array(self._cpu.id_map).astype(np.int64)
-        if self._tomb:
-            ids = ids[~np.isin(ids, np.fromiter(self._tomb, np.int64))]
-        return np.sort(ids)
-
-    def _add_ids(self, new_ids: np.ndarray) -> None:
-        if len(new_ids) == 0:
-            return
-        revived = self._tomb.intersection(int(i) for i in new_ids)
-        if self._cpu is None or revived:
-            self.rebuild()  # first specs of an empty bank, or ids re-used while still in a graph index
-            return
-        n = self.ntotal + len(new_ids)
-        if n >= 2 * self._built_n and effective_factory(self.factory, n, quiet=True) != self.built_factory:
-            logger.info("SpecIndex: the bank grew from %d to %d specs; rebuilding with more IVF lists", self._built_n, n)
-            self.rebuild()
-            return
-        emb = self._embed_rows(self.bank.positions(new_ids))
-        self._cpu.add_with_ids(emb, np.asarray(new_ids, np.int64))
-        self._gpu = None
-
-    def _remove_ids(self, ids: np.ndarray) -> None:
-        if self._cpu is None or len(ids) == 0:
-            return
-        faiss = _faiss()
-        try:
-            removed = self._cpu.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
-            if removed != len(ids):
-                logger.warning("SpecIndex.remove: %d of %d ids were not in the index", len(ids) - removed, len(ids))
-        except RuntimeError:  # graph indexes (HNSW) cannot delete: hide the ids, rebuild when many
-            self._tomb.update(int(i) for i in ids)
-            if len(self._tomb) > TOMBSTONE_REBUILD * self._cpu.ntotal:
-                self.rebuild()
-        self._gpu = None
+        return int(gone.size), int(new.size)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
         """Write ``index.faiss``, ``index_embedder.npz`` and ``index_meta.json`` into ``directory``.
 
-        The names do not clash with a SpecBank's files, so the index can live beside its bank.
+        The names do not clash with a SpecBank's files, so the index can live beside its bank. The meta
+        records the id count and checksum, so :meth:`load` can tell whether a bank matches without
+        reading FAISS's lists.
         """
-        if self._cpu is None:
-            raise ValueError("the index is empty (nothing was built yet); add specs before saving")
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self._cpu, str(root / "index.faiss"))
-        self.embedder.save(root / "index_embedder.npz")
-        meta = {
-            "format": FORMAT, "factory": self.factory, "built_factory": self.built_factory, "D": self.D,
-            "candidates": self.candidates, "probe": self.probe, "seed": self.seed, "embedder": self.embedder.kind,
-            "gamma": self.bank.gamma, "d": self.bank.d, "N": self.ntotal, "built_n": self._built_n, "tombstones": sorted(self._tomb),
-        }
-        (root / "index_meta.json").write_text(json.dumps(meta, indent=1))
+        save_index(self, directory)
 
     @classmethod
-    def load(cls, directory: str | Path, bank: Any, device: str | torch.device | None = "auto") -> "SpecIndex":
-        """Open an index written by :meth:`save` over ``bank`` (syncs if the bank's ids differ)."""
-        root = Path(directory)
-        meta_path = root / "index_meta.json"
-        if not meta_path.exists():
-            raise ValueError(f"{root} holds no saved SpecIndex (index_meta.json missing)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta["d"] != bank.d or not same_gamma(meta["gamma"], bank.gamma):
-            raise ValueError(f"index was built for d={meta['d']}, gamma={meta['gamma']}; the bank has d={bank.d}, "
-                             f"gamma={bank.gamma}")
-        obj = cls.__new__(cls)
-        obj.bank, obj.factory, obj.built_factory = bank, meta["factory"], meta["built_factory"]
-        obj.candidates, obj.probe, obj.seed = int(meta["candidates"]), meta["probe"], int(meta["seed"])
-        obj.device = resolve_device(device)
-        obj.embedder = SpecEmbedder.load(root / "index_embedder.npz")
-        obj._kind, obj._D = obj.embedder.kind, obj.embedder.D
-        obj._cpu = _faiss().read_index(str(root / "index.faiss"))
-        obj._gpu = obj._gpu_res = None
-        obj._tomb = set(int(i) for i in meta["tombstones"])
-        obj._built_n = int(meta.get("built_n", meta["N"]))
-        if not np.array_equal(obj.indexed_ids(), np.sort(bank.ids)):
-            logger.warning("SpecIndex.load: the bank's ids differ from the saved index's; syncing")
-            obj.sync()
-        return obj
+    def load(cls, directory: str | Path, bank: Any, device: str | torch.device | None = "auto",
+             backend: str | KernelBackend = "auto", repair: bool = True) -> "SpecIndex":
+        """Open an index written by :meth:`save` over ``bank``.
+
+        When the saved id count and checksum differ from the bank's, the index is repaired with
+        :meth:`sync` (``repair=True``, logged) or a ValueError is raised.
+        """
+        return load_index(cls, directory, bank, device=device, backend=backend, repair=repair)

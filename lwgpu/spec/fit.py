@@ -1,6 +1,6 @@
 """Fitting RKME specifications: many datasets at once, on the CPU or in padded batches on a GPU.
 
-Objective (DESIGN.md section 2): for data x_1..x_n, minimise over z (K, d) and beta on the simplex
+Objective (docs/fitting.md): for data x_1..x_n, minimise over z (K, d) and beta on the simplex
 
     J(z, beta) = beta' K_zz beta - 2 beta' m(z),      m_i(z) = 1/n sum_j k(z_i, x_j)
 
