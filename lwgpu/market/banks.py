@@ -60,6 +60,9 @@ class BankSet:
         self.gamma, self.device, self.index_threshold = float(gamma), device, int(index_threshold)
         self.banks: dict[int, Any] = {}
         self.indexes: dict[int, Any] = {}
+        self.backend: Any = "auto"  # the market's kernel backend, passed to its indexes
+        self._saved_version: dict[int, int] = {}
+        self._no_faiss = False
         self._index_lock = threading.Lock()
         for p in (self.bank_dir, self.index_dir):
             p.mkdir(exist_ok=True)
@@ -106,19 +109,19 @@ class BankSet:
             bank.flush()
 
     def save(self) -> None:
-        """Flush every bank, and save every built index (synced first)."""
+        """Flush every bank, and save every index that changed since it was last saved or loaded."""
         self.flush()
         with self._index_lock:
             for d, idx in self.indexes.items():
-                if idx.bank is self.banks.get(d):
-                    idx.sync()
+                if idx.bank is self.banks.get(d) and self._saved_version.get(d) != idx.version:
                     swap_save(idx, self.index_dir, f"d{d}")
+                    self._saved_version[d] = idx.version
 
     def close(self) -> None:
         """Flush and release every bank (the set is empty afterwards; :meth:`load` reopens them)."""
         for bank in self.banks.values():
             bank.close()
-        self.banks, self.indexes = {}, {}
+        self.banks, self.indexes, self._saved_version = {}, {}, {}
 
     # ------------------------------------------------------------------ mutation
     def _bank_for(self, d: int) -> Any:
@@ -149,6 +152,8 @@ class BankSet:
             bank = self._bank_for(d)
             extra, missing = bank.reconcile(target, lambda ids: [load_spec(int(i)) for i in ids], _SYNC_BATCH)
             changed |= bool(extra.size or missing.size)
+            if d in self.indexes and (extra.size or missing.size):
+                self._follow(d, added=missing, removed=extra)
         return changed
 
     def add(self, spec_id: int, rkme: Any) -> None:
@@ -165,11 +170,13 @@ class BankSet:
         for d in np.unique(dims).tolist():
             at = np.nonzero(dims == d)[0]
             self._bank_for(d).add([specs[i] for i in at], ids=ids[at])
+            self._follow(d, added=ids[at])
 
     def add_arrays(self, d: int, ids: Sequence[int] | np.ndarray, z: Any, beta: Any, counts: Any = None) -> None:
         """Append packed specs of dimension ``d``: ``z`` (M, K, d), ``beta`` (M, K), ``counts`` (M,) (default
         K) under ``ids`` (M,), as one append."""
         self._bank_for(d).add_arrays(z, beta, ids=_id_array(ids), counts=counts)
+        self._follow(int(d), added=_id_array(ids))
 
     def remove(self, spec_id: int, d: int) -> None:
         self.remove_many(d, [spec_id])
@@ -185,6 +192,7 @@ class BankSet:
             self.drop(d)
         else:
             bank.remove(ids)
+            self._follow(d, removed=ids)
 
     def drop(self, d: int) -> None:
         """Forget bank ``d`` and its index, on disk too."""
@@ -197,27 +205,52 @@ class BankSet:
         shutil.rmtree(self.index_dir / f"d{d}", ignore_errors=True)
 
     # ------------------------------------------------------------------ index
-    def index_for(self, d: int) -> Any:
-        """The SpecIndex of bank ``d`` once it holds ``index_threshold`` specs (loaded, synced or built)."""
-        bank = self.banks.get(d)
-        if bank is None or len(bank) < self.index_threshold:
-            return None
+    def _follow(self, d: int, added: np.ndarray | None = None, removed: np.ndarray | None = None) -> None:
+        """Keep bank ``d``'s index in step with a change of the bank (build it once the threshold is crossed)."""
         with self._index_lock:
             idx = self.indexes.get(d)
-            if idx is not None and idx.bank is not bank:
-                idx = None
             if idx is None:
-                try:
-                    from ..index import SpecIndex
-                except ImportError:
-                    return None
-                saved = self.index_dir / f"d{d}"
-                try:
-                    idx = SpecIndex.load(saved, bank, device=self.device) if saved.exists() else None
-                except (ValueError, OSError, KeyError) as exc:
-                    logger.warning("saved index %s unusable (%s); rebuilding", saved, exc)
-                if idx is None:
-                    idx = SpecIndex(bank, device=self.device)
-                self.indexes[d] = idx
-            idx.sync()  # the bank may have changed since (market ids are never reused)
+                idx = self._open_index(d)
+                return  # a new or loaded index already holds the bank's current ids
+            if added is not None and added.size:
+                idx.add(added)
+            if removed is not None and removed.size:
+                idx.remove(removed)
+
+    def _open_index(self, d: int) -> Any:
+        """Load (repairing against the bank) or build the index of bank ``d`` once it holds
+        ``index_threshold`` specs; None below it or without FAISS. Call with ``_index_lock`` held."""
+        bank = self.banks.get(d)
+        if bank is None or len(bank) < self.index_threshold or self._no_faiss:
+            return None
+        from ..device import faiss_info
+        from ..index import SpecIndex
+
+        if not faiss_info()[0]:
+            logger.warning("FAISS is not installed: searches of %d specs scan them exactly "
+                           "(pip install 'lwgpu[cpu]' for the index)", len(bank))
+            self._no_faiss = True
+            return None
+        saved = self.index_dir / f"d{d}"
+        idx = None
+        if saved.exists():
+            try:
+                idx = SpecIndex.load(saved, bank, device=self.device, backend=self.backend)
+            except (ValueError, OSError, KeyError) as exc:
+                logger.warning("saved index %s unusable (%s); rebuilding", saved, exc)
+        if idx is None:
+            logger.info("bank d=%d holds %d specs: building its index", d, len(bank))
+            idx = SpecIndex(bank, device=self.device, backend=self.backend)
+        else:
+            self._saved_version[d] = idx.version
+        self.indexes[d] = idx
+        return idx
+
+    def index_for(self, d: int) -> Any:
+        """The SpecIndex of bank ``d`` (None below ``index_threshold`` specs): loaded or built once, then
+        kept in step by every add and remove; a search never re-syncs it."""
+        idx = self.indexes.get(int(d))
+        if idx is not None and idx.bank is self.banks.get(int(d)):
             return idx
+        with self._index_lock:
+            return self._open_index(int(d))

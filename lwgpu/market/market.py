@@ -1,18 +1,19 @@
-"""The Market facade: submit / delete / get / list learnwares and search them.
+"""The Market facade: add / submit learnwares (one or a batch), delete, get, list and search them.
 
 Layout of an embedded market folder ``root``::
 
-    market.db            SQLite database (unless db_url points elsewhere); the source of truth
+    market.db            SQLite database (unless db_url points elsewhere): the source of truth
     learnwares/<id>/     each stored package (learnware.yaml, model files, RKME JSON)
-    banks/d<d>/          one SpecBank per input dimension (saved by flush(); repaired on open)
+    banks/d<d>/          one memory-mapped SpecBank per input dimension (derived; repaired on open)
+    indexes/d<d>/        its SpecIndex once the bank is large enough (derived)
     .staging/ .trash/    in-flight submissions / deletions (cleaned up on open)
 
-Writes are atomic: a submission is unpacked and checked in ``.staging``, then a single database
-transaction inserts the row, the folder is renamed into ``learnwares/`` and the transaction commits.
-A deletion moves the folder to ``.trash`` inside its transaction. On open, the folder tree and the
-banks are reconciled with the database, so a crash at any point loses nothing committed and
-leaves no half-added learnware. Searches hold a shared lock, writers an exclusive one only for the
-commit step (checks run outside it), so readers always see one consistent set of ids.
+Writes go in batches: each item is staged and checked in ``.staging`` (model code of a package only
+in an isolated worker, :mod:`lwgpu.market.worker`), then one database transaction inserts the batch's
+rows while their folders are renamed into ``learnwares/``, then one bank append (and index update)
+follows. A crash loses at most the batch in flight: on open, folders without a row and rows without
+a folder are removed and the banks are reconciled with the database. Searches hold a shared lock,
+writers an exclusive one only for the commit step.
 """
 from __future__ import annotations
 
@@ -21,28 +22,27 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .. import settings
 from ..device import resolve_device
+from ..kernels import get_backend
 from ..search.results import SearchResult
-from ..search.semantic_filter import filter_semantic
 from ..search.statistical import statistical_search
-from ..spec.semantic import validate_semantic_spec
 from ..spec.validation import same_gamma
-from .checks import SubmissionError, run_checks
-from .learnware import Learnware
 from .banks import BankSet
+from .checks import SubmissionError
+from .ingest import Staged, as_semantic, chunks, progress_bar, stage_objects, stage_packages
+from .learnware import Learnware
 from .locks import RWLock
-from .package import content_hash, unpack_into
-from .store import LearnwareRow, Store
+from .store import Store
+from .worker import WorkerLimits, close_workers, isolation
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GAMMA = 0.1
 
 
 class Market:
@@ -52,13 +52,16 @@ class Market:
     ----------
     root : folder for the learnware files and banks (created if missing).
     db_url : SQLAlchemy URL; default ``sqlite:///<root>/market.db``.
-    gamma : the market's kernel bandwidth; fixed when the market is created (default 0.1); opening
-        an existing market with another gamma is an error.
+    gamma : the market's kernel bandwidth; fixed when the market is created (default
+        ``settings.GAMMA``); opening an existing market with another gamma is an error.
     device : where banks live and searches run (``"auto"``, ``"cpu"``, ``"cuda[:i]"``).
-    index_threshold : from this many specs of one dimension on, unfiltered searches go through a
-        :class:`~lwgpu.index.SpecIndex` (when available) and re-rank its candidates exactly.
-    check_samples : rows herded from a submitted RKME to test the model's ``predict``.
-    autosave_every : save the banks after this many changes (flush() and close() always save).
+    backend : kernel backend of every search (``"auto"``, ``"numba"``, ``"torch"``, ``"cuda"``), resolved once.
+    index_threshold : from this many specs of one dimension on, searches go through a SpecIndex.
+    check_samples : rows drawn from a learnware's RKME to test its model's ``predict``.
+    limits : :class:`~lwgpu.market.sandbox.WorkerLimits` of the isolated workers that run package
+        code (default: 60 s per check, 4 GiB, no network, read-only file system; the market's own
+        folder hidden from the model). :attr:`isolation` says which isolation is in force.
+    autosave_every : flush the banks after this many changes (close() and flush() always do).
     """
 
     def __init__(
@@ -67,22 +70,21 @@ class Market:
         db_url: str | None = None,
         gamma: float | None = None,
         device: Any = "auto",
-        index_threshold: int = 50_000,
-        check_samples: int = 10,
-        autosave_every: int = 256,
+        backend: Any = "auto",
+        index_threshold: int = settings.MARKET_INDEX_THRESHOLD,
+        check_samples: int = settings.MARKET_CHECK_SAMPLES,
+        limits: WorkerLimits | None = None,
+        autosave_every: int = settings.MARKET_FLUSH_EVERY,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lw_dir = self.root / "learnwares"
-        self._bank_dir = self.root / "banks"
-        self._staging = self.root / ".staging"
-        self._trash = self.root / ".trash"
-        for p in (self._lw_dir, self._bank_dir, self._staging, self._trash):
+        self._lw_dir, self._staging, self._trash = self.root / "learnwares", self.root / ".staging", self.root / ".trash"
+        for p in (self._lw_dir, self._staging, self._trash):
             p.mkdir(exist_ok=True)
         self.store = Store(db_url or f"sqlite:///{(self.root / 'market.db').resolve()}")
         stored = self.store.get_meta("gamma")
         if stored is None:
-            self.gamma = float(DEFAULT_GAMMA if gamma is None else gamma)
+            self.gamma = float(settings.GAMMA if gamma is None else gamma)
             self.store.set_meta("gamma", repr(self.gamma))
         else:
             self.gamma = float(stored)
@@ -90,79 +92,77 @@ class Market:
                 raise ValueError(f"this market was created with gamma={self.gamma}; it cannot be opened with "
                                  f"gamma={gamma} (omit gamma to use the stored one)")
         self.device = resolve_device(device)
-        self.index_threshold = int(index_threshold)
+        self.backend = get_backend(backend, self.device)
         self.check_samples = int(check_samples)
         self.autosave_every = int(autosave_every)
+        self.limits = limits or WorkerLimits(hidden_paths=("/run", str(self.root.resolve())))
+        self.isolation = isolation(self.limits)
+        logger.info("market %s: package code runs in %s workers", self.root, self.isolation)
         self._lock = RWLock()
-        self._banks = BankSet(self._bank_dir, self.root / "indexes", self.gamma, self.device, self.index_threshold)
-        self._semantic: dict[int, dict[str, Any]] = {}
-        self._rows: dict[int, LearnwareRow] = {}
+        self._banks = BankSet(self.root / "banks", self.root / "indexes", self.gamma, self.device, int(index_threshold))
+        self._banks.backend = self.backend
         self._learnwares: dict[int, Learnware] = {}
         self._dirty = 0
         with self._lock.write():
             self._reconcile()
+        self.store.warm_filter()  # the first search would otherwise load the filter's column copy
 
     # ------------------------------------------------------------------ housekeeping
     def _reconcile(self) -> None:
-        """Make files and banks agree with the database (the source of truth)."""
+        """Make files and banks agree with the database (the source of truth), in O(N) array operations."""
         for p in self._staging.iterdir():
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-        rows = {r.id: r for r in self.store.rows()}
-        for p in self._trash.iterdir():
-            if p.name.isdigit() and int(p.name) in rows and not (self._lw_dir / p.name).exists():
-                os.replace(p, self._lw_dir / p.name)  # a deletion that never committed
+        ids, dims = self.store.ids_and_dims()
+        for p in self._trash.iterdir():  # a deletion that never committed goes back
+            if p.name.isdigit() and np.isin(int(p.name), ids) and not (self._lw_dir / p.name).exists():
+                os.replace(p, self._lw_dir / p.name)
             else:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in self._lw_dir.iterdir():
-            if not (p.name.isdigit() and int(p.name) in rows):
-                logger.warning("removing %s: no database row (an interrupted submission)", p)
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-        broken = [i for i, r in rows.items() if not (self._lw_dir / str(i) / r.spec_file).is_file()]
-        if broken:
-            logger.error("learnwares %s have lost their files; removing their rows", broken)
+        names = os.listdir(self._lw_dir)
+        folders = np.array([int(n) for n in names if n.isdigit()], np.int64)
+        for name in (n for n in names if not n.isdigit()):
+            logger.warning("removing %s: not a learnware folder", self._lw_dir / name)
+            shutil.rmtree(self._lw_dir / name, ignore_errors=True)
+        for i in np.setdiff1d(folders, ids).tolist():
+            logger.warning("removing learnwares/%d: no database row (an interrupted submission)", i)
+            shutil.rmtree(self._lw_dir / str(i), ignore_errors=True)
+        lost = np.setdiff1d(ids, folders)
+        if lost.size:
+            logger.error("learnwares %s have lost their files; removing their rows", lost[:20].tolist())
             with self.store.transaction() as s:
-                for i in broken:
+                for i in lost.tolist():
                     Store.remove(s, i)
-                    rows.pop(i)
-        self._rows = rows
-        self._semantic = {i: validate_semantic_spec(json.loads(r.semantic_json)) for i, r in rows.items()}
-        self._learnwares = {}
-        self._sync_banks(load=True)
+            ids, dims = self.store.ids_and_dims()
+        self._banks.load()
+        self._sync_banks(ids, dims)
 
-    def _sync_banks(self, load: bool = False) -> None:
-        """Load saved banks (if ``load``), then add/remove specs so each bank matches the rows."""
-        if load:
-            self._banks.load()
-        want: dict[int, set[int]] = {}
-        for i, r in self._rows.items():
-            want.setdefault(int(r.input_dim), set()).add(i)
+    def _sync_banks(self, ids: np.ndarray, dims: np.ndarray) -> None:
+        want = {int(d): ids[dims == d] for d in np.unique(dims).tolist()}
+        if self._banks.sync(want, self._load_spec):
+            self._banks.flush()
 
-        def load_spec(i: int) -> Any:
-            return Learnware(i, {}, self._lw_dir / str(i), {}, self._rows[i].spec_file).rkme
-
-        if self._banks.sync(want, load_spec):
-            self._save_banks()
-
-    def _save_banks(self) -> None:
-        self._banks.save()
-        self._dirty = 0
+    def _load_spec(self, i: int) -> Any:
+        row = self.store.get(int(i))
+        return Learnware(int(i), {}, self._lw_dir / str(i), {}, row.spec_file).rkme
 
     def refresh(self) -> None:
         """Re-read the database (another process may have written to a shared one) and repair the banks."""
         with self._lock.write():
-            self._rows = {r.id: r for r in self.store.rows()}
-            self._semantic = {i: validate_semantic_spec(json.loads(r.semantic_json)) for i, r in self._rows.items()}
-            self._learnwares = {i: lw for i, lw in self._learnwares.items() if i in self._rows}
-            self._sync_banks()
+            self._learnwares.clear()
+            self._sync_banks(*self.store.ids_and_dims())
 
     def flush(self) -> None:
-        """Save the banks now (they are also repaired from the spec files on open if a save was missed)."""
+        """Make the banks and indexes durable now (O(changed rows) for the banks)."""
         with self._lock.read():
-            self._save_banks()
+            self._banks.save()
+            self._dirty = 0
 
     def close(self) -> None:
-        """Save the banks and release the database connection."""
-        self.flush()
+        """Flush, release the banks' files, the isolated workers and the database connection."""
+        with self._lock.write():
+            self._banks.save()
+            self._banks.close()
+        close_workers()
         self.store.dispose()
 
     def __enter__(self) -> "Market":
@@ -172,8 +172,44 @@ class Market:
         self.close()
 
     # ------------------------------------------------------------------ writes
-    def submit(self, path: str | os.PathLike) -> int:
-        """Check and store the learnware folder or zip at ``path``; returns its new id.
+    def add(self, model: Any, semantic_spec: Mapping[str, Any], rkme: Any, output: str = "predict") -> int:
+        """Store one in-memory learnware (see :meth:`add_many`); returns its id or raises SubmissionError."""
+        out = self.add_many([model], [semantic_spec], [rkme], output=output, progress=False)[0]
+        if isinstance(out, SubmissionError):
+            raise out
+        return out
+
+    def add_many(
+        self, models: Sequence[Any], semantic_specs: Sequence[Mapping[str, Any]], rkmes: Sequence[Any],
+        output: str = "predict", check: bool = True, batch: int = settings.MARKET_BATCH, progress: bool = True,
+    ) -> list[int | SubmissionError]:
+        """Store many in-memory learnwares: ``models[i]`` with ``semantic_specs[i]`` (lwgpu's or the
+        reference's layout) and its RKME ``rkmes[i]``.
+
+        The objects are the caller's own, so their checks run in this process (``check=False`` skips
+        the predict check). Each batch of ``batch`` items is one transaction and one bank append.
+
+        Returns
+        -------
+        list, per item: its new id, or the :class:`SubmissionError` that refused it (the rest are stored).
+        """
+        n = len(models)
+        if not n == len(semantic_specs) == len(rkmes):
+            raise ValueError(f"add_many needs as many models, semantic specs and RKMEs; got {n}, "
+                             f"{len(semantic_specs)} and {len(rkmes)}")
+        out: list[int | SubmissionError] = []
+        with progress_bar(n, "add_many", progress) as bar:
+            for s, e in chunks(n, batch):
+                with tempfile.TemporaryDirectory(dir=self._staging) as tmp:
+                    staged = stage_objects(models[s:e], semantic_specs[s:e], rkmes[s:e], Path(tmp), self.gamma,
+                                           output=output, check_samples=self.check_samples, check=check)
+                    out.extend(self._commit(staged))
+                bar.update(e - s)
+        return out
+
+    def submit(self, path: str | os.PathLike, semantic_spec: Mapping[str, Any] | None = None) -> int:
+        """Check and store the learnware folder or zip at ``path`` (its model code runs only in an
+        isolated worker); ``semantic_spec`` (lwgpu's or the reference's layout) replaces the package's.
 
         Raises
         ------
@@ -181,83 +217,101 @@ class Market:
             Naming the failed check (package, semantic, rkme, model_load, model_predict, duplicate);
             the market is left exactly as it was.
         """
-        staged = Path(tempfile.mkdtemp(dir=self._staging))
-        try:
-            pkg = staged / "pkg"
-            try:
-                unpack_into(path, pkg)
-            except (ValueError, FileNotFoundError, zipfile.BadZipFile, OSError) as exc:
-                raise SubmissionError("package", f"cannot read the package at {path}: {exc}") from exc
-            digest = content_hash(pkg)
-            dup = self.store.has_hash(digest)
-            if dup is not None:
-                raise SubmissionError("duplicate", f"the same package is already stored as learnware {dup}")
-            checked = run_checks(pkg, self.gamma, n_samples=self.check_samples)
-            rkme = checked.rkme
-            with self._lock.write():
-                dup = self.store.has_hash(digest)
-                if dup is not None:
-                    raise SubmissionError("duplicate", f"the same package is already stored as learnware {dup}")
-                new_id = self._commit_add(pkg, digest, checked.semantic_spec, checked.manifest.model,
-                                          checked.manifest.spec_file)
-                self._after_add(new_id, rkme)
-            logger.info("stored learnware %d (%s)", new_id, checked.semantic_spec["name"])
-            return new_id
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+        out = self.submit_many([path], None if semantic_spec is None else [semantic_spec], progress=False)[0]
+        if isinstance(out, SubmissionError):
+            raise out
+        return out
 
-    def add(self, model: Any, semantic_spec: Mapping[str, Any], rkme: Any, output: str = "predict") -> int:
-        """Pack ``model`` with its specs (see :func:`~lwgpu.market.package.pack_learnware`) and submit it."""
-        from .package import pack_learnware
+    def submit_many(
+        self, paths: Sequence[str | os.PathLike], semantic_specs: Sequence[Mapping[str, Any] | None] | None = None,
+        max_workers: int | None = None, batch: int = settings.MARKET_BATCH, progress: bool = True,
+    ) -> list[int | SubmissionError]:
+        """Check and store many packages: model checks in parallel isolated workers (``max_workers``,
+        default the CPU count), one transaction and one bank append per batch.
 
-        tmp = Path(tempfile.mkdtemp(dir=self._staging, prefix="add."))
-        try:
-            try:
-                pack_learnware(model, semantic_spec, rkme, tmp / "pkg", output=output)
-            except ValueError as exc:
-                raise SubmissionError("semantic" if "semantic" in str(exc) else "package", str(exc)) from exc
-            return self.submit(tmp / "pkg")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        Returns
+        -------
+        list, per package: its new id, or the :class:`SubmissionError` that refused it.
+        """
+        paths = list(paths)
+        sems = list(semantic_specs) if semantic_specs is not None else [None] * len(paths)
+        out: list[int | SubmissionError] = []
+        with progress_bar(len(paths), "submit_many", progress) as bar:
+            for s, e in chunks(len(paths), batch):
+                with tempfile.TemporaryDirectory(dir=self._staging) as tmp:
+                    staged = stage_packages(paths[s:e], sems[s:e], Path(tmp), self.gamma, self.check_samples,
+                                            self.limits, max_workers=max_workers)
+                    out.extend(self._commit(staged))
+                bar.update(e - s)
+        return out
 
-    def _commit_add(self, pkg: Path, digest: str, semantic: dict[str, Any], model_cfg: dict[str, Any],
-                    spec_file: str) -> int:
+    def _commit(self, staged: list[Staged | SubmissionError]) -> list[int | SubmissionError]:
+        """Store the staged items of one batch: one transaction (rows + folder renames), one bank append."""
+        out: list[int | SubmissionError] = list(staged)
+        ok = [i for i, st in enumerate(staged) if isinstance(st, Staged)]
+        seen: dict[str, int] = {}
+        for i in ok:  # the same package twice within the batch
+            st = staged[i]
+            if st.digest in seen:
+                out[i] = SubmissionError("duplicate", f"the same package is item {seen[st.digest]} of this batch")
+            seen.setdefault(st.digest, i)
+        with self._lock.write():
+            stored = self.store.ids_by_hash([staged[i].digest for i in ok])
+            keep = []
+            for i in ok:
+                if not isinstance(out[i], Staged):
+                    continue
+                if staged[i].digest in stored:
+                    out[i] = SubmissionError("duplicate", f"the same package is already stored as learnware "
+                                                          f"{stored[staged[i].digest]}")
+                else:
+                    keep.append(i)
+            if not keep:
+                return out
+            items = [staged[i] for i in keep]
+            ids = self._insert(items)
+            self._banks.add_many(ids, [st.rkme for st in items])
+            for i, new in zip(keep, ids):
+                out[i] = int(new)
+            self._count_change(len(ids))
+        logger.info("stored %d learnwares (ids %d..%d)", len(ids), ids[0], ids[-1])
+        return out
+
+    def _insert(self, items: list[Staged]) -> list[int]:
+        """One transaction: insert the rows and move each folder into ``learnwares/<id>``; undone on failure."""
         from sqlalchemy.exc import IntegrityError
 
-        final: Path | None = None
+        moved: list[Path] = []
         try:
             with self.store.transaction() as s:
-                new_id = Store.insert(s, digest, semantic, model_cfg, spec_file)
-                final = self._lw_dir / str(new_id)
-                if final.exists():  # left by a crash before the row existed; the db is the truth
-                    shutil.rmtree(final)
-                os.replace(pkg, final)
+                ids = Store.insert_many(s, [(st.digest, st.semantic, st.model_cfg, st.spec_file) for st in items])
+                for st, new in zip(items, ids):
+                    final = self._lw_dir / str(new)
+                    if final.exists():  # left by a crash before the row existed; the database is the truth
+                        shutil.rmtree(final)
+                    os.replace(st.folder, final)
+                    moved.append(final)
         except BaseException as exc:
-            if final is not None and final.exists():
+            for final in moved:
                 shutil.rmtree(final, ignore_errors=True)
-            if isinstance(exc, IntegrityError):  # another process stored the same package meanwhile
-                raise SubmissionError("duplicate", "the same package was stored concurrently") from exc
+            if isinstance(exc, IntegrityError):  # another process stored one of these packages meanwhile
+                raise SubmissionError("duplicate", "a package of this batch was stored concurrently; "
+                                                   "submit the batch again to store the rest") from exc
             raise
-        row = self.store.get(new_id)
-        assert row is not None
-        self._rows[new_id] = row
-        self._semantic[new_id] = semantic
-        return new_id
+        return [int(i) for i in ids]
 
-    def _after_add(self, new_id: int, rkme: Any) -> None:
-        self._banks.add(new_id, rkme)
-        self._count_change()
-
-    def _count_change(self) -> None:
-        self._dirty += 1
+    def _count_change(self, n: int = 1) -> None:
+        self._dirty += n
         if self._dirty >= self.autosave_every:
-            self._save_banks()
+            self._banks.flush()
+            self._dirty = 0
 
     def delete(self, id: int) -> None:
         """Remove learnware ``id`` (KeyError if there is none)."""
         id = int(id)
         with self._lock.write():
-            if id not in self._rows:
+            row = self.store.get(id)
+            if row is None:
                 raise KeyError(f"no learnware with id {id}")
             src, trash = self._lw_dir / str(id), self._trash / str(id)
             moved = False
@@ -270,45 +324,47 @@ class Market:
                 if moved:
                     os.replace(trash, src)
                 raise
-            d = int(self._rows.pop(id).input_dim)
-            self._semantic.pop(id, None)
             self._learnwares.pop(id, None)
-            self._banks.remove(id, d)
+            self._banks.remove(id, int(row.input_dim))
             shutil.rmtree(trash, ignore_errors=True)
             self._count_change()
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        return len(self._rows)
+        return self.store.count()
 
     def __contains__(self, id: Any) -> bool:
-        return int(id) in self._rows
+        return self.store.get(int(id)) is not None
 
     @property
     def ids(self) -> list[int]:
         """Stored ids, ascending."""
-        with self._lock.read():
-            return sorted(self._rows)
+        return self.store.ids_and_dims()[0].tolist()
 
-    def get(self, id: int) -> Learnware:
-        """The learnware ``id`` (its model loads on first ``predict``)."""
+    def get(self, id: int, trust: bool = False) -> Learnware:
+        """The learnware ``id``. Its ``predict`` runs the model in an isolated worker; ``trust=True`` loads it
+        into this process instead (only for learnwares you trust: unpickling runs their code)."""
         id = int(id)
-        with self._lock.read():
-            lw = self._learnwares.get(id)
-            if lw is None:
-                row = self._rows.get(id)
-                if row is None:
-                    raise KeyError(f"no learnware with id {id}")
-                lw = Learnware(id, self._semantic[id], self._lw_dir / str(id), json.loads(row.model_json),
-                               row.spec_file)
+        if trust:
+            row = self.store.get(id)
+            if row is None:
+                raise KeyError(f"no learnware with id {id}")
+            return Learnware(id, json.loads(row.semantic_json), self._lw_dir / str(id), json.loads(row.model_json),
+                             row.spec_file, trust=True)
+        lw = self._learnwares.get(id)
+        if lw is None:
+            row = self.store.get(id)
+            if row is None:
+                raise KeyError(f"no learnware with id {id}")
+            lw = Learnware(id, json.loads(row.semantic_json), self._lw_dir / str(id), json.loads(row.model_json),
+                           row.spec_file, limits=self.limits)
+            if len(self._learnwares) < 4096:
                 self._learnwares[id] = lw
-            return lw
+        return lw
 
     def list(self, filter: Mapping[str, Any] | None = None) -> list[Learnware]:
         """Learnwares admitted by a partial semantic spec ``filter`` (all when None), see semantic_filter."""
-        with self._lock.read():
-            ids = filter_semantic(filter, self._semantic)
-        return [self.get(i) for i in ids if i in self._rows]
+        return [self.get(i) for i in self.store.filter_ids(as_semantic(filter)).tolist()]
 
     def bank(self, d: int) -> Any:
         """The SpecBank of the specs of input dimension ``d`` (None if there is none)."""
@@ -318,32 +374,41 @@ class Market:
         self,
         rkme: Any,
         semantic: Mapping[str, Any] | None = None,
-        k: int = 5,
+        k: int = settings.SEARCH_K,
         mixture: bool = True,
-        max_mixture: int = 5,
-        method: str = "greedy",
+        max_mixture: int = settings.MIXTURE_MAX,
+        method: str = settings.MIXTURE_METHOD,
     ) -> SearchResult:
-        """Semantic filter, then single and mixture search by MMD for the user spec ``rkme``.
+        """Semantic filter (in the database), then single and mixture search by MMD for the user spec ``rkme``.
 
         Parameters
         ----------
-        rkme : the user's RKME (the market's gamma; dimension selects the bank).
-        semantic : a partial semantic spec (see :mod:`lwgpu.search.semantic_filter`) or None.
+        rkme : the user's RKME (the market's gamma; its dimension selects the bank).
+        semantic : a partial semantic spec, lwgpu's or the reference's layout (see
+            :mod:`lwgpu.search.semantic_filter`), or None.
         k : number of single results.
         mixture, max_mixture, method : mixture search on/off, at most ``max_mixture`` learnwares chosen
             among the ``max_mixture**2`` nearest, ``"greedy"`` or ``"auto"`` (one-shot QP).
+
+        Returns
+        -------
+        SearchResult whose ``method`` names the planner's path (exact, exact-rows, index, index-filtered).
         """
         if not same_gamma(rkme.gamma, self.gamma):
             raise ValueError(f"the user spec has gamma={rkme.gamma} but this market uses gamma={self.gamma}; "
                              "fit it with the market's gamma")
+        query = dict(as_semantic(semantic) or {})
         with self._lock.read():
             bank = self._banks.get(rkme.d)
             if bank is None:
                 return SearchResult()
-            ids = None
-            if semantic:
-                allowed = filter_semantic(semantic, self._semantic)
-                ids = np.asarray([i for i in allowed if int(self._rows[i].input_dim) == rkme.d], np.int64)
-            index = self._banks.index_for(rkme.d) if ids is None else None
-            return statistical_search(bank, rkme, k=k, ids=ids, mixture=mixture, max_mixture=max_mixture,
-                                      method=method, index=index, device=self.device)
+            admitted = None
+            if query:
+                query.setdefault("input_dim", rkme.d)
+                admitted = self.store.filter_ids(query)
+                admitted = admitted[np.isin(admitted, bank.ids)]  # input_dim may list other dimensions
+                if admitted.size == len(bank):
+                    admitted = None  # everything of this dimension: the unfiltered path
+            return statistical_search(bank, rkme, k=k, ids=admitted, mixture=mixture, max_mixture=max_mixture,
+                                      method=method, index=self._banks.index_for(rkme.d), backend=self.backend)
+

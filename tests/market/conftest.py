@@ -28,6 +28,7 @@ def packages(digits_data, tmp_path_factory):
 def digits_market(packages, tmp_path_factory):
     """A market holding all 30 tasks; returns (market, ids) with ids[i] the id of task i. Read-only use."""
     m = Market(tmp_path_factory.mktemp("market") / "m", device="cpu")
-    ids = [m.submit(p) for p in packages]
+    ids = m.submit_many(packages, progress=False)
+    assert all(isinstance(i, int) for i in ids), ids
     yield m, ids
     m.close()

@@ -57,9 +57,12 @@ def test_index_path_for_large_market(packages, tmp_path, digits_data):
     m = Market(tmp_path / "m", device="cpu", index_threshold=6)
     ids = [m.submit(p) for p in packages[:8]]
     u = user_spec(digits_data, [3], seed=7)
-    exact = m.search(u.rkme, semantic={"data_type": "table"}, k=5)
+    from lwgpu.search import statistical_search
+
+    exact = statistical_search(m.bank(64), u.rkme, k=5, index=None)
     res = m.search(u.rkme, k=5)
     assert res.method == "index" and exact.method == "exact"
+    assert m.search(u.rkme, semantic={"data_type": "table"}, k=5).method == "index"  # admits all: unfiltered
     assert [it.id for it in res.single][:3] == [it.id for it in exact.single][:3]
     assert res.single[0].id == ids[3]
     m.submit(packages[9])  # the index follows the bank

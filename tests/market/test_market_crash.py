@@ -27,7 +27,7 @@ CRASH = textwrap.dedent('''
     else:  # "after_commit": die after the commit, before the bank is updated or saved
         def die(*a, **k):
             os._exit(17)
-        mm.Market._after_add = die
+        mm.BankSet.add_many = die
     if mode == "delete":
         m.delete(int(arg))
     else:
@@ -95,3 +95,37 @@ def test_bank_files_lost_or_stale_are_rebuilt(packages, tmp_path):
     (root / "banks" / "d64" / "meta.json").write_text("{broken")
     with Market(root, device="cpu") as m:
         check_consistent(m)
+
+
+BATCH_CRASH = textwrap.dedent('''
+    import os, sys
+    from pathlib import Path
+    from lwgpu.market import Market
+    import lwgpu.market.market as mm
+    root, n_ok = sys.argv[1], int(sys.argv[2])
+    from lwgpu.data.real import make_digits_market
+    data = make_digits_market(12, seed=0, K=8, n_mixture_users=0, fit_user_specs=False, spec_options={"steps": 0})
+    m = Market(root, device="cpu")
+    real_replace, moved = os.replace, []
+    def replace(src, dst):  # the second batch dies half-way through moving its folders, before its commit
+        real_replace(src, dst)
+        if Path(dst).parent.name == "learnwares":
+            moved.append(dst)
+            if len(moved) == n_ok + 2:
+                os._exit(17)
+    mm.os.replace = replace
+    t = data.tasks
+    m.add_many([x.model for x in t], [x.semantic_spec for x in t], [x.rkme for x in t], batch=n_ok, progress=False)
+    sys.exit(0)
+''')
+
+
+def test_crash_mid_batch_keeps_committed_batches_only(tmp_path):
+    """add_many commits batch by batch: a kill inside the second batch keeps the first whole, nothing of the rest."""
+    root = tmp_path / "m"
+    r = subprocess.run([sys.executable, "-c", BATCH_CRASH, str(root), "5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 17, r.stderr[-2000:]
+    with Market(root, device="cpu") as m:
+        assert m.ids == [1, 2, 3, 4, 5]
+        check_consistent(m)
+        assert m.bank(64).ids.tolist() == [1, 2, 3, 4, 5]
