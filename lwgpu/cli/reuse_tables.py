@@ -1,4 +1,4 @@
-"""``python -m lwgpu.reuse [--quick]``: the reuse-vs-labels tables on the digits market (a command, so it prints)."""
+"""``python -m lwgpu.cli.reuse_tables [--quick]``: the reuse-vs-labels tables on the digits market (a command, so it prints)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,7 +7,7 @@ from ..reuse.evaluation import REUSERS, market_candidates, reuse_curve, summariz
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lwgpu.reuse [--quick]``: reuse error vs labels on the digits market, as markdown tables."""
+    """``python -m lwgpu.cli.reuse_tables [--quick]``: reuse error vs labels on the digits market, as markdown tables."""
     import argparse
 
     from lwgpu.data.real import make_digits_market

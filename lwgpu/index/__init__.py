@@ -12,7 +12,6 @@ from .layout import (
     Layout, auto_layout, clip_factory, default_nprobe, filtered_candidates, filtered_probe, layout_for,
 )
 from .tuning import IndexReport, evaluate_index, recall_at_k, tune
-from ..data.clustered import synthetic_spec_arrays  # the market the defaults are tuned on
 
 __all__ = [
     "IndexReport",
@@ -32,6 +31,5 @@ __all__ = [
     "make_embedder",
     "pad_specs",
     "recall_at_k",
-    "synthetic_spec_arrays",
     "tune",
 ]

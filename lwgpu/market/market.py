@@ -38,6 +38,7 @@ from .checks import SubmissionError
 from .ingest import Staged, as_semantic, chunks, progress_bar, stage_objects, stage_packages
 from .learnware import Learnware
 from .locks import RWLock
+from .reconcile import reconcile_files
 from .store import Store
 from .worker import WorkerLimits, close_workers, isolation
 
@@ -110,29 +111,7 @@ class Market:
     # ------------------------------------------------------------------ housekeeping
     def _reconcile(self) -> None:
         """Make files and banks agree with the database (the source of truth), in O(N) array operations."""
-        for p in self._staging.iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-        ids, dims = self.store.ids_and_dims()
-        for p in self._trash.iterdir():  # a deletion that never committed goes back
-            if p.name.isdigit() and np.isin(int(p.name), ids) and not (self._lw_dir / p.name).exists():
-                os.replace(p, self._lw_dir / p.name)
-            else:
-                shutil.rmtree(p, ignore_errors=True)
-        names = os.listdir(self._lw_dir)
-        folders = np.array([int(n) for n in names if n.isdigit()], np.int64)
-        for name in (n for n in names if not n.isdigit()):
-            logger.warning("removing %s: not a learnware folder", self._lw_dir / name)
-            shutil.rmtree(self._lw_dir / name, ignore_errors=True)
-        for i in np.setdiff1d(folders, ids).tolist():
-            logger.warning("removing learnwares/%d: no database row (an interrupted submission)", i)
-            shutil.rmtree(self._lw_dir / str(i), ignore_errors=True)
-        lost = np.setdiff1d(ids, folders)
-        if lost.size:
-            logger.error("learnwares %s have lost their files; removing their rows", lost[:20].tolist())
-            with self.store.transaction() as s:
-                for i in lost.tolist():
-                    Store.remove(s, i)
-            ids, dims = self.store.ids_and_dims()
+        ids, dims = reconcile_files(self.store, self._lw_dir, self._staging, self._trash)
         self._banks.load()
         self._sync_banks(ids, dims)
 
