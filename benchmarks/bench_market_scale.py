@@ -133,34 +133,36 @@ def reopen_in_fresh_process(root: Path) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def reference_side(arrays: dict, models: list[Any], budget_s: float, users: list[Any]) -> dict[str, Any]:
-    """The reference market: learnwares added one by one until ``budget_s``; its add rate and search p50."""
+def reference_side(budget_s: float, n_max: int = 3000) -> dict[str, Any]:
+    """The reference market: its own packages (benchmarks.bench_market) added one by one for ``budget_s``
+    seconds; its add rate and single-search p50 at the size it reached."""
     try:
-        from benchmarks.bench_market import _reference_market, _reference_user
+        from benchmarks.bench_market import _reference_market, _reference_user, make_learnwares, make_users
     except ImportError as exc:  # the reference package is an optional extra
         return {"error": f"reference package unavailable: {exc}"}
-    from lwgpu.market.package import pack_learnware
     from lwgpu.spec.semantic import to_reference
+    from benchmarks.bench_market import _semantic
 
     tmp = Path(tempfile.mkdtemp(prefix="lwref"))
     try:
+        paths, centers = make_learnwares(n_max, tmp / "pkgs")
         ref = _reference_market(tmp / "ref", "scale")
         t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < budget_s:
-            mods, sems, rkmes = learnwares(n, n + 1, arrays, models)
-            path = pack_learnware(mods[0], sems[0], rkmes[0], tmp / f"p{n}.zip")
-            sem = to_reference(sems[0])
+        while n < n_max and time.perf_counter() - t0 < budget_s:
+            sem = to_reference(_semantic(n))
             sem["Model"] = {"Values": ["Others"], "Type": "Optional"}
-            rid, _ = ref.add_learnware(str(path), sem)
-            n += rid is not None
+            rid, _ = ref.add_learnware(str(paths[n]), sem)
+            if rid is None:
+                raise RuntimeError(f"the reference market refused package {n}")
+            n += 1
         rate = n / (time.perf_counter() - t0)
         times = []
-        for u in users[:10]:
-            info = _reference_user(u)
+        for spec, _ in make_users(centers[:n], 10):
+            info = _reference_user(spec)
             t = time.perf_counter()
             ref.search_learnware(info, max_search_num=10, search_method="none")
             times.append(time.perf_counter() - t)
-        return {"ref_N": n, "ref_add_per_s": rate, "ref_search_p50_ms": 1e3 * statistics.median(times)}
+        return {"ref_N": n, "ref_add_per_s": round(rate, 1), "ref_search_p50_ms": round(1e3 * statistics.median(times), 1)}
     except Exception as exc:  # noqa: BLE001 - the side-by-side run must not lose lwgpu's numbers
         return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             market = Market(root, device="cpu")
             rows.append(row)
             print(json.dumps(row), flush=True)
-        ref = reference_side(arrays, models, args.ref_budget, users) if args.ref_budget > 0 else {}
+        ref = reference_side(args.ref_budget) if args.ref_budget > 0 else {}
     finally:
         market.close()
         if args.root is None:
@@ -265,8 +267,9 @@ def write_markdown(rows: list[dict], rates: list[tuple[int, float]], ref: dict, 
         lines += ["", f"Ingest rate of the first batch {first:.0f}/s, of the last {last:.0f}/s "
                       f"(ratio {first / last:.2f})."]
     if ref:
-        lines += ["", "Reference `learnware` market (easy market, one `add_learnware` per package, "
-                      f"{args.ref_budget:.0f} s budget): " + json.dumps(ref)]
+        lines += ["", "Reference `learnware` 0.4 easy market side by side (its own packages from "
+                      "benchmarks/bench_market.py, d=16, K=50, one `add_learnware` each, for "
+                      f"{args.ref_budget:.0f} s; then single search, no filter, at the size reached): " + json.dumps(ref)]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)
