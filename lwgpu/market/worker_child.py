@@ -81,7 +81,9 @@ def _import_learnware() -> Any:
         stub.__path__ = [str(here)]
         sys.modules["lwgpu.market"] = stub
         lwgpu.market = stub
-    return importlib.import_module("lwgpu.market.learnware")
+    lw_mod = importlib.import_module("lwgpu.market.learnware")
+    importlib.import_module("lwgpu.market.reference_shim").install()  # reference packages' BaseModel
+    return lw_mod
 
 
 def _model_info(adapter: Any) -> dict[str, Any]:

@@ -59,6 +59,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -335,6 +336,21 @@ def _unshare_zygote() -> tuple[str, ...]:
     return cmd if cmd and true and _probe([*cmd, true]) else ()
 
 
+#: Zygotes are started from this one long-lived thread: bubblewrap's --die-with-parent (PR_SET_PDEATHSIG)
+#: follows the *thread* that forked it, so a zygote started from a worker pool's thread (check_many)
+#: was killed as soon as that pool shut down, and every batch paid for a new zygote.
+_SPAWNER: dict[int, ThreadPoolExecutor] = {}
+
+
+def _start_zygote(key: tuple) -> Zygote:
+    pid = os.getpid()
+    with _POOL_LOCK:
+        ex = _SPAWNER.get(pid)
+        if ex is None:
+            ex = _SPAWNER[pid] = ThreadPoolExecutor(1, thread_name_prefix="lwgpu-zygote-spawner")
+    return ex.submit(Zygote, *key).result()
+
+
 def _zygote(key: tuple) -> Zygote:
     pool_key = (os.getpid(), key)  # a forked copy of this process starts zygotes of its own
     with _POOL_LOCK:
@@ -348,7 +364,7 @@ def _zygote(key: tuple) -> Zygote:
             z.retire()
             z = None
         if z is None:
-            z = Zygote(*key)
+            z = _start_zygote(key)
             with _POOL_LOCK:
                 _POOL[pool_key] = z
         return z
