@@ -95,23 +95,13 @@ def build_specs(cfg: DictConfig, market: SyntheticMarket, users: UserTasks, resu
     return bank, queries
 
 
-def index_factory(factory: str, n: int) -> str:
-    """Resolve ``factory="auto"``: exhaustive ``Flat`` below 4,096 specs, else IVF with ~2 sqrt(N) lists."""
-    if factory != "auto":
-        return factory
-    if n < 4096:
-        return "Flat"
-    nlist = 2 ** int(round(math.log2(2.0 * math.sqrt(n))))
-    return f"IVF{nlist},Flat"
-
-
 def build_index(cfg: DictConfig, bank: Any, results: Results, tags: dict[str, Any]) -> Any:
     """The retrieval index over ``bank`` per ``cfg.index`` (None when disabled); records its build time."""
     if not cfg.index.enabled:
         return None
-    factory = index_factory(str(cfg.index.factory), len(bank))
     t0 = time.perf_counter()
-    index = instantiate(cfg.index.build, factory=factory)(bank)
+    index = instantiate(cfg.index.build, factory=str(cfg.index.factory))(bank)  # "auto": SpecIndex picks by size
+    factory = index.built_factory or str(cfg.index.factory)
     results.add("index_build_time", time.perf_counter() - t0, "s", method="index", factory=factory, **tags)
     return index
 

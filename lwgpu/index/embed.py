@@ -2,7 +2,7 @@
 
 A feature map ``phi: R^d -> R^D`` with ``phi(a).phi(b) ~= k(a, b) = exp(-gamma ||a - b||^2)`` turns
 a spec ``A = (z, beta)`` into ``psi(A) = sum_i beta_i phi(z_i)`` and then
-``||psi(A) - psi(B)||^2 ~= dist(A, B)`` (DESIGN.md section 2), so MMD search becomes an L2
+``||psi(A) - psi(B)||^2 ~= dist(A, B)`` (docs/index.md), so MMD search becomes an L2
 nearest-neighbour problem that FAISS can answer.
 
 Three maps:

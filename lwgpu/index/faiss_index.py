@@ -2,7 +2,7 @@
 
 Each spec ``B`` of a :class:`~lwgpu.bank.SpecBank` is embedded as ``psi(B)`` (``lwgpu.index.embed``);
 FAISS returns the ``candidates`` specs nearest to ``psi(query)`` in L2 (among admitted ids when a
-selector is given), and their exact ``dist(query, B)`` (squared MMD, DESIGN.md section 2), computed
+selector is given), and their exact ``dist(query, B)`` (squared MMD, docs/kernels.md), computed
 by ``backend.mmd2_rows`` on the bank's rows in place, decides the returned top-k.
 
 The index stores ids, never positions (bank rows move when specs are deleted). It follows the

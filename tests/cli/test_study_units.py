@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lwgpu.cli.bench import CONFIG_DIR, seed_everything
-from lwgpu.cli.steps import index_factory
+from lwgpu.cli.steps import build_index
 from lwgpu.cli.study import sweep_values
 
 
@@ -16,11 +16,19 @@ def _compose(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_index_factory_auto_sizes_ivf():
-    assert index_factory("auto", 1000) == "Flat"
-    assert index_factory("auto", 10_000) == "IVF256,Flat"
-    assert index_factory("auto", 1_000_000) == "IVF2048,Flat"
-    assert index_factory("HNSW32", 10) == "HNSW32"
+def test_build_index_hands_auto_to_specindex():
+    """index.factory=auto reaches SpecIndex, which picks the layout by size (one rule, lwgpu.index.layout)."""
+    from lwgpu import SpecBank
+    from lwgpu.index import auto_layout
+    from lwgpu.tracking import Results
+
+    rng = np.random.default_rng(0)
+    bank = SpecBank.from_arrays(rng.normal(size=(300, 4, 3)), np.full((300, 4), 0.25), 0.1)
+    cfg = _compose("index=ivf", "device=cpu")
+    results = Results()
+    index = build_index(cfg, bank, results, {})
+    assert index.built_factory == auto_layout(300).factory == "Flat"
+    assert results.rows[-1]["factory"] == "Flat"
 
 
 def test_sweep_values_normal_debug_and_errors():
