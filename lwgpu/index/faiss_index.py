@@ -161,6 +161,7 @@ class SpecIndex:
                 index.train(emb)
         index.add_with_ids(emb, np.asarray(self.bank.ids, dtype=np.int64))
         self._cpu, self._gpu, self._tomb = index, None, set()
+        self._maxid = int(self.bank.ids.max()) if len(self.bank) else -1
         self.layout, self.built_n = layout, n
         self._heard()
         logger.info("SpecIndex: built %s over %d specs (D=%d, %s)", layout.factory, n, self.D, self.embedder.kind)
@@ -308,9 +309,11 @@ class SpecIndex:
             self.rebuild()
             return
         emb = self._embed_rows(self.bank.positions(ids))
-        if self.layout.kind != "hnsw":
-            self._drop(ids)  # replaced specs: no duplicate entries
+        old = ids[ids <= self._max_id()]  # ids above every indexed one are new (market ids only grow)
+        if old.size and self.layout.kind != "hnsw":
+            self._drop(old)  # replaced specs: no duplicate entries
         self._cpu.add_with_ids(emb, ids)
+        self._maxid = max(self._max_id(), int(ids[-1]))
         self._gpu = None
         self._heard()
 
@@ -331,19 +334,34 @@ class SpecIndex:
         ``bank.version``; False when the bank keeps no version. :meth:`matches` is the full check."""
         return self.bank_version is not None and self.bank_version == getattr(self.bank, "version", None)
 
+    def _max_id(self) -> int:
+        """The largest id ever added since the last build (-1 when empty); read from FAISS once after a load."""
+        if getattr(self, "_maxid", None) is None:
+            ids = indexed_ids(self._cpu) if self._cpu is not None and self._cpu.ntotal else np.empty(0, np.int64)
+            self._maxid = int(ids.max()) if ids.size else -1
+        return self._maxid
+
+    def _hide(self, ids: np.ndarray) -> int:
+        """Tombstones: the ids stay in FAISS but are never answered; re-train once they are many."""
+        self._tomb.update(ids.tolist())
+        if len(self._tomb) > settings.INDEX_TOMBSTONE_REBUILD * self._cpu.ntotal:
+            self.rebuild()
+        return len(ids)
+
     def _drop(self, ids: np.ndarray) -> int:
         faiss = faiss_module()
         if self.layout.kind == "hnsw":  # graph indexes cannot delete: hide the ids, rebuild when many
-            self._tomb.update(ids.tolist())
-            if len(self._tomb) > settings.INDEX_TOMBSTONE_REBUILD * self._cpu.ntotal:
-                self.rebuild()
-            return len(ids)
+            return self._hide(ids)
         buf = np.ascontiguousarray(ids)
         ivf = faiss.try_extract_index_ivf(self._cpu)
         direct = ivf is not None and ivf.direct_map.type == faiss.DirectMap.Hashtable  # IDSelectorArray only
         sel = (faiss.IDSelectorArray(len(buf), faiss.swig_ptr(buf)) if direct
                else faiss.IDSelectorBatch(len(buf), faiss.swig_ptr(buf)))
-        removed = int(self._cpu.remove_ids(sel))
+        try:
+            removed = int(self._cpu.remove_ids(sel))
+        except RuntimeError as exc:  # fast-scan PQ lists (BlockInvertedLists) cannot delete in place
+            logger.debug("SpecIndex: %s cannot remove ids (%s); hiding them", self.built_factory, exc)
+            return self._hide(ids)
         self._gpu = None
         return removed
 

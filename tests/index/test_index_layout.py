@@ -74,3 +74,28 @@ def test_pool_of_every_reachable_spec_is_certified():
     got_ids, got_d, ok = grow_pool(3, 4, 100, lambda m: pytest.fail("no refetch needed"), lambda c: c * 0.0,
                                    e, ids, np.array([0.1, 0.2, np.inf, np.inf]))
     assert ok and got_ids.tolist() == [4, 7, -1, -1]
+
+
+def test_fast_scan_layout_follows_adds_and_removes():
+    """IVF,PQ fast-scan lists cannot delete in place: removed ids are hidden, new ids added, never answered twice."""
+    import numpy as np
+
+    from lwgpu import SpecBank
+    from lwgpu.data.clustered import synthetic_spec_arrays
+    from lwgpu.index import SpecIndex
+
+    a = synthetic_spec_arrays(20_000, 5, K=4, d=3, seed=1)
+    bank = SpecBank.from_arrays(a["z"][:18_000], a["beta"][:18_000], 0.1)
+    index = SpecIndex(bank, device="cpu")
+    assert "fs" in index.built_factory  # the auto layout above INDEX_FLAT_MAX
+    new = np.arange(18_000, 20_000)
+    bank.add_arrays(a["z"][18_000:], a["beta"][18_000:], ids=new)
+    index.add(new)
+    gone = np.arange(0, 20_000, 7)
+    bank.remove(gone)
+    index.remove(gone)
+    q = SpecBank.from_arrays(a["qz"], a["qbeta"], 0.1)
+    nb = index.search(q, k=20)
+    assert not np.isin(nb.ids, gone).any()
+    assert all(len(set(r[r >= 0].tolist())) == (r >= 0).sum() for r in nb.ids)
+    assert index.ntotal == len(bank)
