@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
     ap.add_argument("--users", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=None, help="markdown file to write (default: print only)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "market.md"),
+                    help="markdown file to write")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     os.environ.setdefault("WANDB_MODE", "disabled")
