@@ -5,7 +5,7 @@ At every checkpoint it measures, through the public API:
 - ingest: learnwares per second of each ``add_many`` batch (the rate at 1M against the rate at 10k);
 - disk and RAM per learnware (folder size; RSS; bank + index bytes), and the reopen time of the
   market in a fresh process;
-- search p50/p99 with no filter, a tag filter (~2% of the market) and a text filter (~10%), single
+- search p50/p99 (users drawn from tasks already in the market) with no filter, a tag filter (~2% of the market) and a text filter (~10%), single
   and with the mixture, and which planner path ran;
 - recall@10 of those searches against exact search over the admitted learnwares (the planner with
   no index: an exact scan of the admitted rows);
@@ -75,6 +75,16 @@ def learnwares(start: int, stop: int, arrays: dict, models: list[Any]) -> tuple[
     rkmes = [RKME(arrays["z"][i], arrays["beta"][i], GAMMA, num_points=500) for i in range(start, stop)]
     mods = [models[(i // 1000) % len(models)] for i in range(start, stop)]
     return mods, sems, rkmes
+
+
+def users_of(arrays: dict, n_tasks: int, n_users: int, seed: int = 1) -> list[Any]:
+    """User specs drawn like the generator's queries, from tasks already in the market (ids 1..n_tasks):
+    K points around a task's centre (unit noise) with Dirichlet(1) weights."""
+    from lwgpu import RKME
+
+    rng = np.random.default_rng([seed, n_tasks])
+    tasks = rng.integers(0, n_tasks, size=n_users)
+    return [RKME(arrays["centres"][t] + rng.normal(size=(K, D)), rng.dirichlet(np.ones(K)), GAMMA) for t in tasks]
 
 
 def measure_search(market: Any, users: list[Any], reps_users: int) -> dict[str, Any]:
@@ -189,8 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
     batch = min(args.batch, sizes[0])
-    arrays = synthetic_spec_arrays(max(sizes), args.users, K=K, d=D, seed=0, gamma=GAMMA)
-    users = [RKME(arrays["qz"][i], arrays["qbeta"][i], GAMMA) for i in range(args.users)]
+    arrays = synthetic_spec_arrays(max(sizes), 0, K=K, d=D, seed=0, gamma=GAMMA)
     models = make_models(max(1, max(sizes) // 1000))
     root = Path(args.root or tempfile.mkdtemp(prefix="lwscale", dir=os.environ.get("LWGPU_BENCH_DIR")))
     market = Market(root, device="cpu")
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             row["bank_mb"] = bank.nbytes / 2**20
             row["index_mb"] = (index.nbytes if index is not None and hasattr(index, "nbytes") else 0) / 2**20
             row["rss_mb"] = rss_mb()
-            row.update(measure_search(market, users, args.users))
+            row.update(measure_search(market, users_of(arrays, n, args.users), args.users))
             market.close()
             row.update(reopen_in_fresh_process(root))
             market = Market(root, device="cpu")
