@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> None:
             row: dict[str, Any] = {"N": n, "ingest_per_s": statistics.median(r for _, r in rates[-max(1, size // batch // 10):])}
             row["disk_kb_per_lw"] = du_bytes(root) / n / 1024
             bank = market.bank(D)
-            index = market._banks.index_for(D)
             row["bank_mb"] = bank.nbytes / 2**20
-            row["index_mb"] = (index.nbytes if index is not None and hasattr(index, "nbytes") else 0) / 2**20
+            row["index_mb"] = du_bytes(root / "indexes") / 2**20  # the saved FAISS index + embedder
             row["rss_mb"] = rss_mb()
             row.update(measure_search(market, users_of(arrays, n, args.users), args.users))
             market.close()
