@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["fit", "exact_search", "index", "market", "market_scale", "before_after", "harness", "reuse", "gpu"]
+ORDER = ["fit", "exact_search", "index", "market", "market_scale", "market_scale_targets", "before_after", "harness", "reuse", "gpu"]
 MODULES = ["bench_fit", "bench_exact_search", "bench_index", "bench_market", "bench_market_scale"]
 
 HEADER = """# Benchmark results
