@@ -30,7 +30,8 @@ from ..search.results import Neighbors
 from ..spec.validation import check_same_kernel
 from .embed import SpecEmbedder, make_embedder
 from .ids import (
-    Selector, faiss_module, faiss_search, gpu_clone, id_checksum, indexed_ids, search_params, sorted_unique,
+    Selector, faiss_module, faiss_search, gpu_clone, id_checksum, indexed_ids, remove_ids, search_params,
+    sorted_unique,
 )
 from .layout import Layout, filtered_candidates, layout_for, needs_rebuild, probe_for
 from .rerank import grow_pool, row_of, stack_rows
@@ -335,7 +336,7 @@ class SpecIndex:
         return self.bank_version is not None and self.bank_version == getattr(self.bank, "version", None)
 
     def _max_id(self) -> int:
-        """The largest id ever added since the last build (-1 when empty); read from FAISS once after a load."""
+        """The largest id added since the last build (-1 if none); read from FAISS once after a load."""
         if getattr(self, "_maxid", None) is None:
             ids = indexed_ids(self._cpu) if self._cpu is not None and self._cpu.ntotal else np.empty(0, np.int64)
             self._maxid = int(ids.max()) if ids.size else -1
@@ -349,18 +350,8 @@ class SpecIndex:
         return len(ids)
 
     def _drop(self, ids: np.ndarray) -> int:
-        faiss = faiss_module()
-        if self.layout.kind == "hnsw":  # graph indexes cannot delete: hide the ids, rebuild when many
-            return self._hide(ids)
-        buf = np.ascontiguousarray(ids)
-        ivf = faiss.try_extract_index_ivf(self._cpu)
-        direct = ivf is not None and ivf.direct_map.type == faiss.DirectMap.Hashtable  # IDSelectorArray only
-        sel = (faiss.IDSelectorArray(len(buf), faiss.swig_ptr(buf)) if direct
-               else faiss.IDSelectorBatch(len(buf), faiss.swig_ptr(buf)))
-        try:
-            removed = int(self._cpu.remove_ids(sel))
-        except RuntimeError as exc:  # fast-scan PQ lists (BlockInvertedLists) cannot delete in place
-            logger.debug("SpecIndex: %s cannot remove ids (%s); hiding them", self.built_factory, exc)
+        removed = None if self.layout.kind == "hnsw" else remove_ids(self._cpu, ids)
+        if removed is None:  # graphs and fast-scan PQ lists cannot delete: hide the ids, rebuild when many
             return self._hide(ids)
         self._gpu = None
         return removed

@@ -120,3 +120,19 @@ def gpu_clone(index: Any, device: Any, res: Any = None) -> tuple[Any, Any]:
     except Exception as exc:  # noqa: BLE001 - e.g. HNSW has no GPU version
         logger.warning("SpecIndex: %s stays on CPU (%s)", type(index).__name__, exc)
         return index, res
+
+
+def remove_ids(index: Any, ids: np.ndarray) -> int | None:
+    """Remove ``ids`` from a FAISS index in place; the number removed, or None where the layout cannot
+    delete (fast-scan PQ lists, ``BlockInvertedLists``)."""
+    faiss = faiss_module()
+    buf = np.ascontiguousarray(ids, dtype=np.int64)
+    ivf = faiss.try_extract_index_ivf(index)
+    direct = ivf is not None and ivf.direct_map.type == faiss.DirectMap.Hashtable  # IDSelectorArray only
+    sel = (faiss.IDSelectorArray(len(buf), faiss.swig_ptr(buf)) if direct
+           else faiss.IDSelectorBatch(len(buf), faiss.swig_ptr(buf)))
+    try:
+        return int(index.remove_ids(sel))
+    except RuntimeError as exc:
+        logger.debug("FAISS cannot remove ids from this layout (%s)", exc)
+        return None

@@ -27,19 +27,7 @@ retired (it exits once its workers have) and replaced. Before a zygote is used, 
 checks that its worker sees only itself and its own folder; where the namespaces are not available
 (no user namespaces, a locked ``/proc``), the zygote is refused and workers start cold.
 
-Residual risks, compared with a cold worker (one sandbox per package):
-
-- The zygote holds ``CAP_SYS_ADMIN``/``CAP_SETPCAP`` in its sandbox's user namespace (not the
-  host's) to create A's namespaces, and A keeps them while it waits for B. Neither runs package code
-  or reads what a package wrote; B cannot see, signal or ptrace them (its own PID namespace and
-  ``/proc``; A has no signal handlers, more capabilities than B and is not dumpable).
-- Workers run as root of the sandbox's user namespace (the market's uid outside) without
-  capabilities; concurrent ones share, as cold workers do, the per-user kernel accounting
-  (``RLIMIT_NPROC``), keyrings and CPU/memory side channels, but no file, process, network or IPC.
-- Forks share the zygote's address-space layout (ASLR) and ``str`` hash seed; Python's ``random``
-  and numpy's global generator are reseeded per fork, a library's own seeded state is not.
-- Preloading scikit-learn imports pandas/pyarrow; their allocator thread is disabled by the
-  environment, and a zygote that runs threads anyway is logged (a fork copies only one thread).
+Residual risks, compared with a cold worker (one sandbox per package): docs/isolation.md.
 """
 from __future__ import annotations
 
@@ -336,9 +324,8 @@ def _unshare_zygote() -> tuple[str, ...]:
     return cmd if cmd and true and _probe([*cmd, true]) else ()
 
 
-#: Zygotes are started from this one long-lived thread: bubblewrap's --die-with-parent (PR_SET_PDEATHSIG)
-#: follows the *thread* that forked it, so a zygote started from a worker pool's thread (check_many)
-#: was killed as soon as that pool shut down, and every batch paid for a new zygote.
+#: One long-lived thread starts the zygotes: --die-with-parent (PR_SET_PDEATHSIG) follows the *thread* that
+#: forked a zygote, so one started by check_many's pool died with the pool.
 _SPAWNER: dict[int, ThreadPoolExecutor] = {}
 
 
