@@ -199,13 +199,7 @@ class KernelBackend:
     def mmd2_rows(self, queries: Any, bank: Any, positions: Any) -> torch.Tensor:
         """float64 (Q, C) squared MMD of each query to its own bank rows; ``positions`` int (Q, C), -1 marks
         an empty slot (distance ``inf``)."""
-        q = pack(queries)
-        check_same_kernel(q.d, q.gamma, bank.d, bank.gamma, "the queries", "the bank")
-        pos = np.asarray(positions, dtype=np.int64)
-        if pos.ndim != 2 or pos.shape[0] != len(q):
-            raise ValueError(f"positions must have shape (Q={len(q)}, C), got {pos.shape}")
-        if pos.size and (pos.max() >= len(bank) or pos.min() < -1):
-            raise ValueError(f"positions must lie in [-1, N={len(bank)}); -1 marks an empty slot")
+        q, pos = rows_request(queries, bank, positions)
         out = torch.full(pos.shape, float("inf"), dtype=torch.float64, device=self.device)
         for i in range(len(q)):
             ok = np.nonzero(pos[i] >= 0)[0]
@@ -223,6 +217,19 @@ class KernelBackend:
         """``<A, B>`` (a float) of two single specs: za (Ka, d), ba (Ka,), zb (Kb, d), bb (Kb,)."""
         qz, qb = za.to(self.device, self.dtype)[None], ba.to(self.device, self.dtype)[None]
         return float(self.cross(qz, qb, zb[None], bb[None], gamma)[0, 0])
+
+
+def rows_request(queries: Any, bank: Any, positions: Any) -> tuple[Any, np.ndarray]:
+    """Packed queries and checked int64 positions (Q, C) for ``mmd2_rows``: same kernel, one row of
+    positions per query, each in [-1, N) (-1: an empty slot)."""
+    q = pack(queries)
+    check_same_kernel(q.d, q.gamma, bank.d, bank.gamma, "the queries", "the bank")
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.ndim != 2 or pos.shape[0] != len(q):
+        raise ValueError(f"positions must have shape (Q={len(q)}, C), got {pos.shape}")
+    if pos.size and (pos.max() >= len(bank) or pos.min() < -1):
+        raise ValueError(f"positions must lie in [-1, N={len(bank)}); -1 marks an empty slot")
+    return q, pos
 
 
 def to_distance(cross: torch.Tensor, self_q: torch.Tensor, self_b: torch.Tensor) -> torch.Tensor:

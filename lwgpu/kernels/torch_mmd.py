@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from .. import settings
-from ..spec.validation import check_same_kernel
 from .backend import KernelBackend
 
 
@@ -126,15 +125,9 @@ class TorchBackend(KernelBackend):
 
         import numpy as np
 
-        from .backend import pack, take_rows
+        from .backend import rows_request, take_rows
 
-        q = pack(queries)
-        check_same_kernel(q.d, q.gamma, bank.d, bank.gamma, "the queries", "the bank")
-        pos = np.asarray(positions, dtype=np.int64)
-        if pos.ndim != 2 or pos.shape[0] != len(q):
-            raise ValueError(f"positions must have shape (Q={len(q)}, C), got {pos.shape}")
-        if pos.size and (pos.max() >= len(bank) or pos.min() < -1):
-            raise ValueError(f"positions must lie in [-1, N={len(bank)}); -1 marks an empty slot")
+        q, pos = rows_request(queries, bank, positions)
         nq, nc = pos.shape
         dev, dt, gamma = self.device, self.dtype, float(bank.gamma)
         kq, kb, d = int(q.z.shape[1]), int(bank.z.shape[1]), int(bank.z.shape[2])
