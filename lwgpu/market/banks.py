@@ -157,8 +157,8 @@ class BankSet:
         return changed
 
     def add(self, spec_id: int, rkme: Any) -> None:
-        """Append one spec under ``spec_id`` to the bank of its dimension."""
-        self._bank_for(rkme.d).add([rkme], ids=[int(spec_id)])
+        """Append one spec under ``spec_id`` to the bank of its dimension (and its index)."""
+        self.add_many([spec_id], [rkme])
 
     def add_many(self, ids: Sequence[int] | np.ndarray, specs: Sequence[Any]) -> None:
         """Append specs (RKMEs, any mix of dimensions) under ``ids``: one append per dimension."""
@@ -175,8 +175,9 @@ class BankSet:
     def add_arrays(self, d: int, ids: Sequence[int] | np.ndarray, z: Any, beta: Any, counts: Any = None) -> None:
         """Append packed specs of dimension ``d``: ``z`` (M, K, d), ``beta`` (M, K), ``counts`` (M,) (default
         K) under ``ids`` (M,), as one append."""
-        self._bank_for(d).add_arrays(z, beta, ids=_id_array(ids), counts=counts)
-        self._follow(int(d), added=_id_array(ids))
+        ids = _id_array(ids)
+        self._bank_for(d).add_arrays(z, beta, ids=ids, counts=counts)
+        self._follow(int(d), added=ids)
 
     def remove(self, spec_id: int, d: int) -> None:
         self.remove_many(d, [spec_id])
@@ -210,8 +211,8 @@ class BankSet:
         with self._index_lock:
             idx = self.indexes.get(d)
             if idx is None:
-                idx = self._open_index(d)
-                return  # a new or loaded index already holds the bank's current ids
+                self._open_index(d)  # a new or loaded index already holds the bank's current ids
+                return
             if added is not None and added.size:
                 idx.add(added)
             if removed is not None and removed.size:
@@ -221,6 +222,9 @@ class BankSet:
         """Load (repairing against the bank) or build the index of bank ``d`` once it holds
         ``index_threshold`` specs; None below it or without FAISS. Call with ``_index_lock`` held."""
         bank = self.banks.get(d)
+        idx = self.indexes.get(d)
+        if idx is not None and idx.bank is bank:  # another thread opened it while this one waited
+            return idx
         if bank is None or len(bank) < self.index_threshold or self._no_faiss:
             return None
         from ..device import faiss_info

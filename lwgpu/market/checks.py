@@ -29,8 +29,7 @@ import numpy as np
 from ..device import single_torch_thread
 from ..spec.semantic import validate_semantic_spec
 from ..spec.validation import same_gamma
-from .errors import CHECKS, SubmissionError
-from .errors import check_output as _check_output
+from .errors import CHECKS, SubmissionError, check_output
 from .learnware import ModelAdapter, load_model
 from .package import Manifest, read_manifest
 
@@ -88,16 +87,22 @@ def check_rkme(path: Path, semantic: dict[str, Any], gamma: float) -> Any:
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise SubmissionError("rkme", f"the RKME file does not load: {exc}") from exc
     z, beta = spec.numpy()
-    if not (np.isfinite(z).all() and np.isfinite(beta).all()):
-        raise SubmissionError("rkme", "the RKME has NaN/Inf values")
+    if not (np.isfinite(z).all() and np.isfinite(beta).all()) or not math.isfinite(spec.self_inner):
+        raise SubmissionError("rkme", "the RKME has NaN/Inf values or a non-finite self inner product")
+    return check_rkme_spec(spec, semantic, gamma)
+
+
+def check_rkme_spec(spec: Any, semantic: dict[str, Any], gamma: float) -> Any:
+    """The ``rkme`` check of an RKME object (its constructor already refused NaN/Inf): the declared
+    ``input_dim``, the market's gamma and some positive weight; returns ``spec``."""
     if spec.d != semantic["input_dim"]:
         raise SubmissionError("rkme", f"the RKME has dimension {spec.d} but the semantic spec declares input_dim="
                                       f"{semantic['input_dim']}")
     if not same_gamma(spec.gamma, gamma):
         raise SubmissionError("rkme", f"the RKME uses gamma={spec.gamma} but this market uses gamma={gamma}; "
                                       "refit the spec with the market's gamma")
-    if not math.isfinite(spec.self_inner) or float(np.clip(beta, 0, None).sum()) <= 0:
-        raise SubmissionError("rkme", "the RKME has no positive weight or a non-finite self inner product")
+    if float(spec.beta.clamp_min(0).sum()) <= 0:
+        raise SubmissionError("rkme", "the RKME has no positive weight")
     return spec
 
 
@@ -117,7 +122,7 @@ def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme
         out = model.predict(X)
     except Exception as exc:  # noqa: BLE001
         raise SubmissionError("model_predict", f"predict raised {type(exc).__name__}: {exc}") from exc
-    _check_output(out, n_samples, semantic)
+    check_output(out, n_samples, semantic)
     return model
 
 

@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 
 from ..spec.semantic import from_reference
-from ..spec.validation import same_gamma
-from .checks import SubmissionError, _check_output, check_semantic, run_checks_many
+from .checks import SubmissionError, check_rkme_spec, check_semantic, run_checks_many
+from .errors import check_output
 from .learnware import ModelAdapter
 from .package import FORMAT, YAML_NAME, _is_torch_module, _plain, content_hash, unpack_into
 
@@ -90,15 +90,10 @@ def _model_blob(model: Any, output: str) -> tuple[str, bytes, dict[str, Any]]:
     return name, buf.getvalue(), cfg
 
 
-def _check_rkme(rkme: Any, semantic: Mapping[str, Any], gamma: float) -> None:
+def _check_rkme(rkme: Any, semantic: dict[str, Any], gamma: float) -> None:
     if not all(hasattr(rkme, a) for a in ("z", "beta", "gamma", "to_dict")):
         raise SubmissionError("rkme", f"expected an RKME, got {type(rkme).__name__}")
-    if int(rkme.d) != int(semantic["input_dim"]):
-        raise SubmissionError("rkme", f"the RKME has dimension {rkme.d} but the semantic spec says "
-                                      f"input_dim={semantic['input_dim']}")
-    if not same_gamma(rkme.gamma, gamma):
-        raise SubmissionError("rkme", f"the RKME has gamma={rkme.gamma} but this market uses gamma={gamma}; "
-                                      "refit it with the market's gamma")
+    check_rkme_spec(rkme, semantic, gamma)
 
 
 def _write_package(dest: Path, files: list[tuple[str, bytes]]) -> str:
@@ -166,7 +161,7 @@ def _check_in_process(model: Any, cfg: Mapping[str, Any], sem: Mapping[str, Any]
         pred = ModelAdapter(model, cfg["kind"], cfg.get("output", "predict")).predict(X)
     except Exception as exc:  # noqa: BLE001 - the check reports any failure of the model
         raise SubmissionError("model_predict", f"predict raised {type(exc).__name__}: {exc}") from exc
-    _check_output(pred, len(X), dict(sem))
+    check_output(pred, len(X), dict(sem))
 
 
 # ---------------------------------------------------------------------- packages

@@ -324,20 +324,14 @@ class Market:
         """The learnware ``id``. Its ``predict`` runs the model in an isolated worker; ``trust=True`` loads it
         into this process instead (only for learnwares you trust: unpickling runs their code)."""
         id = int(id)
-        if trust:
-            row = self.store.get(id)
-            if row is None:
-                raise KeyError(f"no learnware with id {id}")
-            return Learnware(id, json.loads(row.semantic_json), self._lw_dir / str(id), json.loads(row.model_json),
-                             row.spec_file, trust=True)
-        lw = self._learnwares.get(id)
+        lw = None if trust else self._learnwares.get(id)
         if lw is None:
             row = self.store.get(id)
             if row is None:
                 raise KeyError(f"no learnware with id {id}")
             lw = Learnware(id, json.loads(row.semantic_json), self._lw_dir / str(id), json.loads(row.model_json),
-                           row.spec_file, limits=self.limits)
-            if len(self._learnwares) < 4096:
+                           row.spec_file, trust=trust, limits=self.limits)
+            if not trust and len(self._learnwares) < 4096:
                 self._learnwares[id] = lw
         return lw
 
