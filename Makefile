@@ -12,8 +12,14 @@ CUDA_ARCHS ?= 80 90
 NVCC_FLAGS ?= -std=c++14
 CUDA_SRC := lwgpu/kernels/cuda/mmd.cu
 CUDA_OUT := build/nvcc
+# `make gpu-test CUDA=12` (or CUDA=13) on a machine with an NVIDIA GPU and pip access: a venv of its own
+# ($(GPU_VENV)) with PyPI's torch (a CUDA build on Linux), the extras cpu,gpu$(CUDA),dev (CuPy for that CUDA
+# major + NVRTC), then every test marked gpu. The CPU-side kernel tests run in `make test` everywhere.
+CUDA ?= 12
+GPU_VENV ?= .venv-gpu$(CUDA)
+GPU_TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench nvcc clean
+.PHONY: install run test bench nvcc gpu-test clean
 
 $(VENV)/.installed-$(EXTRAS): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +48,15 @@ nvcc:
 		echo "[nvcc] SKIPPED: $(NVCC) is not on the PATH, $(CUDA_SRC) was not compiled"; \
 	fi
 
+gpu-test:
+	@case "$(CUDA)" in 12|13) ;; *) echo "gpu-test: CUDA must be 12 or 13 (the CuPy builds cupy-cuda12x / cupy-cuda13x), got '$(CUDA)'"; exit 2;; esac
+	$(MAKE) install VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH_SPEC)" EXTRAS=cpu,gpu$(CUDA),dev
+	$(GPU_VENV)/bin/python -c "import torch, cupy; assert torch.cuda.is_available(), 'torch sees no GPU'; print('[gpu-test] torch', torch.__version__, 'CUDA', torch.version.cuda, '| CuPy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())"
+	WANDB_MODE=disabled $(GPU_VENV)/bin/python -m pytest -q -m gpu
+
 bench:
 	$(MAKE) install EXTRAS=cpu,dev,ref
 	$(PY) -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache $(CUDA_OUT)
+	rm -rf $(VENV) .venv-gpu12 .venv-gpu13 outputs multirun .pytest_cache $(CUDA_OUT)

@@ -45,7 +45,14 @@ setup(
         # faiss-cpu and faiss-gpu provide the same module: install exactly one of these two extras.
         "cpu": ["faiss-cpu>=1.7.4"],
         "gpu": ["faiss-gpu>=1.9", "cupy-cuda12x>=13"],
-        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
+        # CuPy for the CUDA C kernel on a CUDA 12 or CUDA 13 driver, with the NVRTC it compiles mmd.cu with
+        # (`make gpu-test CUDA=12|13` installs one and runs the gpu-marked tests).
+        "gpu12": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12>=12.0"],
+        "gpu13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc>=13.0"],
+        # nvidia-cuda-nvrtc: the run-time compiler of the CUDA kernel (no GPU needed), so the tests compile
+        # lwgpu/kernels/cuda/mmd.cu with the compiler and options CuPy uses (tests/kernels/test_kernels_cuda.py).
+        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4",
+                "nvidia-cuda-nvrtc>=13.0; platform_system == 'Linux' and platform_machine in 'x86_64 aarch64'"],
         # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
         "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1"],
     },

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,16 @@ LOG2E = 1.4426950408889634
 THREADS = 256  # threads per block: fixed by ``__launch_bounds__(256, ...)`` in mmd.cu
 SMEM_BYTES = 48 * 1024  # default dynamic shared-memory limit per block
 MAX_GRID_Y = 65535
+#: NVRTC options of the run-time compile (cupy.RawModule); CI compiles with exactly these
+#: (tests/kernels/test_kernels_cuda.py, through libnvrtc) and `make nvcc` with nvcc's equivalent.
+NVRTC_OPTIONS = ("--std=c++14",)
 
 
 @functools.lru_cache(maxsize=None)
 def _module() -> Any:
     import cupy
 
-    return cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++14",))
+    return cupy.RawModule(code=SOURCE.read_text(), options=NVRTC_OPTIONS)
 
 
 def register_width(d: int) -> int:
@@ -61,6 +65,35 @@ def launch_plan(kq: int, k: int, d: int, accumulate: str) -> dict[str, int]:
     q_bytes = -(-(per_point * qtile) // 16) * 16
     name = f"mmd_cross_{'f32' if acc_bytes == 4 else 'f64'}_{f'd{dr}' if dr else 'dgen'}"
     return {"dr": dr, "ds": ds, "spb": spb, "qtile": qtile, "smem": q_bytes + part + extra, "kernel": name}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: queries ``q0:q1`` against the whole bank tile.
+
+    grid (x, y) = (groups of ``spb`` bank specs, queries); block (x,) threads; ``shared_mem`` dynamic bytes.
+    """
+
+    q0: int
+    q1: int
+    grid: tuple[int, int]
+    block: tuple[int]
+    shared_mem: int
+
+
+def launch_grid(q: int, t: int, plan: dict[str, int]) -> list[Launch]:
+    """The launches :func:`cross_terms` makes for ``q`` queries and a tile of ``t`` bank specs (pure Python).
+
+    The query axis is split into chunks of at most ``MAX_GRID_Y`` (CUDA's grid.y limit); the host
+    emulation harness (tests/kernels/cuda_host) runs the kernel with exactly these launches.
+    """
+    if q <= 0 or t <= 0:
+        return []
+    grid_x = math.ceil(t / plan["spb"])
+    return [
+        Launch(q0, min(q0 + MAX_GRID_Y, q), (grid_x, min(q0 + MAX_GRID_Y, q) - q0), (THREADS,), plan["smem"])
+        for q0 in range(0, q, MAX_GRID_Y)
+    ]
 
 
 def prepare_queries(qz: torch.Tensor, qb: torch.Tensor, gamma: float, ds: int):
@@ -95,19 +128,18 @@ def cross_terms(
     bz_d = bz.to(dev, torch.float32, non_blocking=True).contiguous()
     bb_d = bb.to(dev, torch.float32, non_blocking=True).contiguous()
     fn = _module().get_function(plan["kernel"])
-    grid_x = math.ceil(t / plan["spb"])
     g2 = np.float32(float(gamma) * LOG2E)
     stream = torch.cuda.current_stream(dev)
     with cupy.cuda.Device(dev.index or 0), cupy.cuda.ExternalStream(stream.cuda_stream):
-        for q0 in range(0, q, MAX_GRID_Y):
-            q1 = min(q0 + MAX_GRID_Y, q)
+        for la in launch_grid(q, t, plan):
+            q0, q1 = la.q0, la.q1
             args = (
                 cupy.asarray(qp[q0:q1]), cupy.asarray(qn[q0:q1]), cupy.asarray(qw[q0:q1]),
                 cupy.asarray(bz_d), cupy.asarray(bb_d), cupy.asarray(center[q0:q1]),
                 np.int32(q1 - q0), np.int32(kq), np.int32(d), np.int32(t), np.int32(k),
                 np.int32(plan["spb"]), np.int32(plan["qtile"]), g2, cupy.asarray(out[q0:q1]),
             )
-            fn((grid_x, q1 - q0), (THREADS,), args, shared_mem=plan["smem"])
+            fn(la.grid, la.block, args, shared_mem=la.shared_mem)
     return out
 
 

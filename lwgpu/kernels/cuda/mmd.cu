@@ -18,16 +18,26 @@
 // Entry points (extern "C", no name mangling): mmd_cross_<acc>_<dr>, acc in {f32, f64}, dr in {d16, d32,
 // d64, dgen} (d64 may use up to 255 registers: one block per SM, no spills). Dynamic shared memory: (qtile * ds + 2 * qtile) floats (+ alignment) + spb * K * sizeof(Acc).
 
-// No #include: the file compiles both under nvcc and under NVRTC (CuPy RawModule) as is.
+// No #include: the file compiles both under nvcc and under NVRTC (CuPy RawModule) as is. It also compiles
+// with g++ under the host emulation harness (tests/kernels/cuda_host/cuda_host_emu.h, which defines
+// LWGPU_HOST_EMU and LWGPU_DYNAMIC_SHARED before including this file): the CPU tests run these kernels.
+
+#ifndef LWGPU_DYNAMIC_SHARED  // the block's dynamic shared memory (size given at launch)
+#define LWGPU_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
 
 namespace {
 
 typedef unsigned long long idx_t;  // 64-bit offsets (NVRTC has no <cstddef> size_t by default)
 
 __device__ __forceinline__ float fast_exp2(float x) {
+#ifdef LWGPU_HOST_EMU
+    return lwgpu_emu::ex2_approx_ftz(x);  // the same instruction's result, computed on the CPU
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 template <int DR, typename Acc>
@@ -35,7 +45,7 @@ __device__ __forceinline__ void mmd_cross_impl(
     const float* __restrict__ qp, const float* __restrict__ qn, const float* __restrict__ qw,
     const float* __restrict__ bz, const float* __restrict__ bb, const float* __restrict__ center,
     int Q, int Kq, int d, int T, int K, int spb, int qtile, float g2, double* __restrict__ out) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    LWGPU_DYNAMIC_SHARED(unsigned char, smem);
     const int ds = DR > 0 ? DR : d;  // row stride of the query points in shared memory
     float* sq = reinterpret_cast<float*>(smem);
     float* sn = sq + (idx_t)qtile * ds;
