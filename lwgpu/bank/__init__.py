@@ -21,6 +21,7 @@ layout is still read). One bank holds one ``gamma`` and one ``d``; another is re
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -64,6 +65,20 @@ class SpecBank(PersistentBank):
         self._readonly = False
         #: incremented by every change (add, remove): followers (an index) compare it instead of the ids
         self.version = 0
+
+    # ------------------------------------------------------------------ row watchers
+    def watch(self, watcher: Any) -> None:
+        """Tell ``watcher`` about row changes (held weakly): ``rows_appended(start, count, version)`` after an
+        append and ``rows_moved(src, dst, n, version)`` after a delete moved rows ``src`` into ``dst`` and left
+        ``n`` rows. Any other change only bumps :attr:`version`; a watcher that sees a version it was not
+        told about rebuilds what it derived (see :class:`lwgpu.search.bounds.BallBounds`)."""
+        if getattr(self, "_watchers", None) is None:
+            self._watchers = weakref.WeakSet()
+        self._watchers.add(watcher)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for w in list(getattr(self, "_watchers", None) or ()):
+            getattr(w, method)(*args, self.version)
 
     # ------------------------------------------------------------------ live views
     @property
@@ -288,6 +303,7 @@ class SpecBank(PersistentBank):
                             "self_inner": s})
         self._idmap.assign(new_ids, np.arange(n0, n0 + m, dtype=np.int64), new=m)
         self.version += 1
+        self._notify("rows_appended", n0, m)
         return new_ids
 
     def remove(self, ids: Any) -> None:
@@ -302,6 +318,7 @@ class SpecBank(PersistentBank):
         if dst.size:
             self._idmap.assign(self._store.host["ids"][dst], dst)
         self.version += 1
+        self._notify("rows_moved", src, dst, len(self))
 
     def to(self, device: Any = None, dtype: Any = None) -> "SpecBank":
         """An in-memory copy on ``device`` in ``dtype`` (self terms stay float64)."""

@@ -9,6 +9,9 @@ One search walks one path, chosen by :func:`choose_path` from the admitted set a
   when fewer than ``PLANNER_INDEX_MIN_FRACTION`` of the bank are admitted (at most
   ``PLANNER_FALLBACK_MAX_ROWS``); else ``"index-filtered"`` (FAISS with an id selector, re-ranked exactly),
   which falls back to the exact rows for queries whose candidate pool the index could not certify.
+  An exact scan of more than ``PLANNER_EXACT_MAX_ROWS`` rows is pruned (``"exact-rows-pruned"``): rows whose
+  bounding-ball lower bound exceeds the k-th exact distance are skipped (:mod:`lwgpu.search.bounds`), the
+  top-k unchanged; its scores are then over the rows it evaluated, as the index paths' are over theirs.
 
 Every distance returned is the exact squared MMD, computed once (the index re-ranks its own
 candidates; the exact paths compute nothing else). :func:`plan_search` also hands back the whole
@@ -30,12 +33,18 @@ from .. import settings
 from ..kernels.backend import KernelBackend, Packed, get_backend, pack
 from ..index.ids import sorted_unique
 from ..spec.validation import check_same_kernel
+from .bounds import pruned_rows_search
 from .exact import merge_topk, search_exact
 from .results import Neighbors
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("exact", "exact-rows", "index", "index-filtered")
+PATHS = ("exact", "exact-rows", "exact-rows-pruned", "index", "index-filtered")
+
+
+def limit_rows(exact_max_rows: int | None = None) -> int:
+    """Admitted specs scanned without pruning (``settings.PLANNER_EXACT_MAX_ROWS`` unless overridden)."""
+    return settings.PLANNER_EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
 
 
 def choose_path(n_admitted: int | None, has_index: bool, exact_max_rows: int | None = None,
@@ -47,7 +56,7 @@ def choose_path(n_admitted: int | None, has_index: bool, exact_max_rows: int | N
     ``PLANNER_FALLBACK_MAX_ROWS`` (the embedding cannot order their far-out nearest); else the index with a
     selector.
     """
-    limit = settings.PLANNER_EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
+    limit = limit_rows(exact_max_rows)
     if n_admitted is None:
         return "index" if has_index else "exact"
     if not has_index or n_admitted <= limit:
@@ -174,9 +183,12 @@ def plan_search(bank: Any, query: Any, k: int = 10, allowed: Any = None, index: 
                 ids, pos = admitted_positions(bank, ids)
                 redo = np.nonzero(~certified)[0]
                 sub = q if len(redo) == nq else _rows(q, redo)
-                dist = be.mmd2(sub, bank, rows=pos).cpu().numpy()
-                d2, i2 = (_sorted_all(dist, ids) if keep_all else
-                          merge_topk(dist, np.broadcast_to(ids, dist.shape), pool_k))
+                if n_admitted > limit_rows(exact_max_rows):
+                    d2, i2, _ = pruned_rows_search(bank, sub, pos, ids, pool_k, be)
+                else:
+                    dist = be.mmd2(sub, bank, rows=pos).cpu().numpy()
+                    d2, i2 = (_sorted_all(dist, ids) if keep_all else
+                              merge_topk(dist, np.broadcast_to(ids, dist.shape), pool_k))
                 pool_d, pool_i = _merge_rows(pool_d, pool_i, redo, d2, i2)
             else:
                 logger.info("planner: %d queries' pools were not certified; %d admitted specs are too many to scan",
@@ -188,6 +200,10 @@ def plan_search(bank: Any, query: Any, k: int = 10, allowed: Any = None, index: 
         if path == "exact" and not keep_all:
             d, i = search_exact(bank, q, k=k, backend=be, device=be.device)
             pool_d, pool_i = np.asarray(d, np.float64), np.asarray(i, np.int64)
+        elif path == "exact-rows" and n_admitted > limit_rows(exact_max_rows):
+            # many admitted rows (a sparse filter over a large bank): exact top-k, far rows skipped by bounds
+            path = "exact-rows-pruned"
+            pool_d, pool_i, _ = pruned_rows_search(bank, q, pos, ids, k, be)
         else:
             dist = be.mmd2(q, bank, rows=pos).cpu().numpy()
             row_ids = np.asarray(bank.ids if ids is None else ids, np.int64)
