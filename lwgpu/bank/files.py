@@ -67,20 +67,6 @@ def file_names(K: int) -> dict[str, str]:
             "z": f"z.k{K}.bin", "beta": f"beta.k{K}.bin"}
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where ``/proc`` allows (os.umask is not thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -8,6 +8,14 @@
     model: {kind: sklearn, file: model.joblib}          # or python / pickle / torch, see learnware.py
     stat_specifications:
       - {type: RKMETableSpecification, file: rkme.json}
+
+Packages written for the reference system (its ``LearnwareTemplate``) are read as they are: no
+``semantic_spec`` (the reference keeps it outside the package; give it to ``Market.submit``), a
+``model`` section ``{class_name, kwargs}`` naming a class of ``__init__.py`` (kind ``python``), and
+``stat_specifications`` entries with ``file_name``. ``learnware.yaml`` is read with a safe loader
+(:class:`ManifestLoader`): the reference's ``!!python/tuple`` becomes a tuple, every other
+``!!python/...`` tag is refused. Unpacking (:func:`unpack_into`) goes through
+:mod:`lwgpu.market.archive` under :class:`~lwgpu.market.archive.PackageLimits`.
 """
 from __future__ import annotations
 
@@ -24,14 +32,111 @@ from typing import Any, Mapping
 import yaml
 
 from ..spec.semantic import validate_semantic_spec
+from .archive import PackageLimits, PackageRefused, copy_folder, extract_zip
 
 YAML_NAME = "learnware.yaml"
 FORMAT = "lwgpu-learnware"
 
 
+PYTHON_TAG = "tag:yaml.org,2002:python/"
+
+
+class ManifestLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's where built) plus the reference's ``!!python/tuple`` (a tuple);
+    every other python tag refused."""
+
+
+def _construct_tuple(loader: ManifestLoader, node: yaml.Node) -> tuple:
+    return tuple(loader.construct_sequence(node, deep=True))
+
+
+def _refuse_python_tag(loader: ManifestLoader, suffix: str, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"the tag !!python/{suffix} would run or import Python code and is not allowed in "
+                    f"{YAML_NAME}; only !!python/tuple is understood (write plain lists, mappings and scalars)",
+        node.start_mark)
+
+
+ManifestLoader.add_constructor(PYTHON_TAG + "tuple", _construct_tuple)
+ManifestLoader.add_multi_constructor(PYTHON_TAG, _refuse_python_tag)
+
+
+class ManifestDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Safe dumper that writes tuples back as ``!!python/tuple`` (as the reference does)."""
+
+
+ManifestDumper.add_representer(tuple, lambda d, data: d.represent_sequence(PYTHON_TAG + "tuple", data))
+
+
+def _count_nodes(node: yaml.Node, budget: int) -> None:
+    """Refuse a document with more than ``budget`` nodes once aliases are expanded ("billion laughs")."""
+    stack, n = [node], 0
+    while stack:
+        cur = stack.pop()
+        n += 1
+        if n > budget:
+            raise PackageRefused("yaml", f"{YAML_NAME} expands to more than {budget} nodes (aliases counted each "
+                                         "time they are used)", "write the manifest without nested aliases")
+        if isinstance(cur, yaml.SequenceNode):
+            stack.extend(cur.value)
+        elif isinstance(cur, yaml.MappingNode):
+            for k, v in cur.value:
+                stack.extend((k, v))
+
+
+def load_yaml(text: str, limits: PackageLimits | None = None) -> Any:
+    """Parse a ``learnware.yaml`` text with :class:`ManifestLoader` under ``limits`` (size, expanded nodes).
+
+    Raises
+    ------
+    PackageRefused
+        Rule ``yaml``: too large, too many nodes, a refused tag or invalid YAML.
+    """
+    limits = limits or PackageLimits()
+    if len(text.encode("utf-8", "surrogatepass")) > limits.max_yaml_bytes:
+        raise PackageRefused("yaml", f"{YAML_NAME} is larger than {limits.max_yaml_bytes} bytes",
+                             "keep the manifest small (model files hold the data)")
+    loader = ManifestLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node, limits.max_yaml_nodes)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise PackageRefused("yaml", f"{YAML_NAME} cannot be read safely: {exc}",
+                             "fix the YAML; only plain mappings, lists, scalars and !!python/tuple are allowed"
+                             ) from exc
+    finally:
+        loader.dispose()
+
+
+def read_yaml(folder: Path, limits: PackageLimits | None = None) -> Any:
+    """The parsed ``learnware.yaml`` of ``folder`` (FileNotFoundError if missing; see :func:`load_yaml`)."""
+    path = Path(folder) / YAML_NAME
+    if not path.is_file() or path.is_symlink():
+        raise FileNotFoundError(f"{YAML_NAME} not found in the package")
+    limits = limits or PackageLimits()
+    if path.stat().st_size > limits.max_yaml_bytes:
+        raise PackageRefused("yaml", f"{YAML_NAME} is larger than {limits.max_yaml_bytes} bytes",
+                             "keep the manifest small (model files hold the data)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackageRefused("yaml", f"{YAML_NAME} is not UTF-8 text: {exc}", "save it as UTF-8") from exc
+    return load_yaml(text, limits)
+
+
+def write_yaml(folder: Path, data: Any) -> None:
+    """Write ``data`` as ``folder/learnware.yaml`` (tuples as ``!!python/tuple``)."""
+    with open(Path(folder) / YAML_NAME, "w", encoding="utf-8") as fh:
+        yaml.dump(data, fh, Dumper=ManifestDumper, sort_keys=False, allow_unicode=True)
+
+
 @dataclass
 class Manifest:
-    """Parsed ``learnware.yaml``: raw ``semantic_spec``, ``model`` section and the RKME ``spec_file``."""
+    """Parsed ``learnware.yaml``: raw ``semantic_spec`` (None when the package has none, as the
+    reference's packages), ``model`` section and the RKME ``spec_file``."""
 
     semantic_spec: Any
     model: dict[str, Any]
@@ -106,8 +211,7 @@ def pack_learnware(
         "model": model_cfg,
         "stat_specifications": [{"type": "RKMETableSpecification", "file": "rkme.json"}],
     }
-    with open(path / YAML_NAME, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(manifest, fh, sort_keys=False)
+    write_yaml(path, manifest)
     return path
 
 
@@ -134,29 +238,33 @@ def write_zip(folder: Path, zip_path: Path) -> None:
             zf.write(f, f.relative_to(folder).as_posix())
 
 
-def unpack_into(src: str | os.PathLike, dest: Path) -> Path:
-    """Copy a learnware folder, or extract a zip (refusing paths that escape), into ``dest``.
+def unpack_into(src: str | os.PathLike, dest: Path, limits: PackageLimits | None = None) -> Path:
+    """Copy a learnware folder, or extract a zip, into ``dest`` (created) under ``limits``.
 
-    A zip whose files all sit in one top-level folder is unwrapped. Returns the folder holding
-    ``learnware.yaml`` (``dest`` itself).
+    No link is followed or created and nothing is written outside ``dest`` (see
+    :mod:`lwgpu.market.archive`). A zip whose files all sit in one top-level folder is unwrapped.
+    Returns the folder holding ``learnware.yaml`` (``dest`` itself).
+
+    Raises
+    ------
+    PackageRefused
+        A limit or safety rule refused the package (``dest`` may hold part of it: discard it).
+    ValueError, FileNotFoundError, zipfile.BadZipFile
+        ``src`` is not a readable folder or zip.
     """
-    src = Path(src)
+    src, dest = Path(src), Path(dest)
     if src.is_dir():
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        copy_folder(src, dest, limits)
     elif src.is_file() and zipfile.is_zipfile(src):
-        with zipfile.ZipFile(src) as zf:
-            root = dest.resolve()
-            for info in zf.infolist():
-                target = (dest / info.filename).resolve()
-                if root != target and root not in target.parents:
-                    raise ValueError(f"zip entry {info.filename!r} escapes the package folder")
-            zf.extractall(dest)
-        entries = list(dest.iterdir())
-        if not (dest / YAML_NAME).exists() and len(entries) == 1 and entries[0].is_dir():
-            inner = entries[0]
-            for p in list(inner.iterdir()):
-                shutil.move(str(p), dest / p.name)
-            inner.rmdir()
+        dest.mkdir(parents=True, exist_ok=True)
+        extract_zip(src, dest, limits)
+        entries = list(os.scandir(dest))
+        if not (dest / YAML_NAME).exists() and len(entries) == 1 and entries[0].is_dir(follow_symlinks=False):
+            tmp = dest.with_name(f"{dest.name}.unwrap.{os.getpid()}")
+            os.rename(dest, tmp)
+            os.rename(tmp / entries[0].name, dest)
+            tmp.rmdir()
     elif src.exists():
         raise ValueError(f"{src} is neither a folder nor a zip file")
     else:
@@ -164,31 +272,31 @@ def unpack_into(src: str | os.PathLike, dest: Path) -> Path:
     return dest
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """Parse ``learnware.yaml``; raises ValueError/FileNotFoundError saying what is wrong."""
-    ypath = folder / YAML_NAME
-    if not ypath.is_file():
-        raise FileNotFoundError(f"{YAML_NAME} not found in the package")
-    try:
-        with open(ypath, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{YAML_NAME} is not valid YAML: {exc}") from exc
+def read_manifest(folder: Path, limits: PackageLimits | None = None) -> Manifest:
+    """Parse ``learnware.yaml`` (lwgpu's or the reference's layout) with :func:`read_yaml`.
+
+    Raises
+    ------
+    PackageRefused
+        The YAML is unsafe or over the limits.
+    ValueError, FileNotFoundError
+        Saying which section is missing or malformed.
+    """
+    data = read_yaml(folder, limits)
     if not isinstance(data, dict):
         raise ValueError(f"{YAML_NAME} must be a mapping, got {type(data).__name__}")
-    if "semantic_spec" not in data:
-        raise ValueError(f"{YAML_NAME} has no 'semantic_spec' section")
     model = data.get("model")
     if not isinstance(model, dict):
-        raise ValueError(f"{YAML_NAME} needs a 'model' mapping (kind, file or module/class)")
+        raise ValueError(f"{YAML_NAME} needs a 'model' mapping (kind, file or module/class; or the reference's "
+                         "class_name and kwargs)")
     specs = data.get("stat_specifications")
     if not isinstance(specs, list) or not specs or not isinstance(specs[0], dict):
         raise ValueError(f"{YAML_NAME} needs 'stat_specifications': a list with the RKME entry")
     entry = specs[0]
     spec_file = entry.get("file", entry.get("file_name"))
     if not isinstance(spec_file, str) or not spec_file:
-        raise ValueError(f"{YAML_NAME}: the stat specification entry lacks 'file'")
-    return Manifest(data["semantic_spec"], model, spec_file)
+        raise ValueError(f"{YAML_NAME}: the stat specification entry lacks 'file' (or the reference's 'file_name')")
+    return Manifest(data.get("semantic_spec"), model, spec_file)
 
 
 def content_hash(folder: Path) -> str:

@@ -18,8 +18,9 @@ class BaseModel:
     """The reference's model interface: ``input_shape``, ``output_shape``; ``predict``/``fit``/``finetune``."""
 
     def __init__(self, input_shape: tuple, output_shape: tuple) -> None:
-        self.input_shape = input_shape
-        self.output_shape = output_shape
+        # the manifest's !!python/tuple shapes reach the worker through JSON as lists: tuples again
+        self.input_shape = tuple(input_shape) if isinstance(input_shape, list) else input_shape
+        self.output_shape = tuple(output_shape) if isinstance(output_shape, list) else output_shape
 
     def predict(self, X: Any) -> Any:
         """Predictions for X (n, d); a subclass must override it."""

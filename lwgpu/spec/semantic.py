@@ -164,6 +164,8 @@ def to_reference(spec: Mapping[str, Any]) -> dict[str, Any]:
             ref[ref_key] = {"Values": list(s[key]), "Type": "Tag"}
         else:
             ref[ref_key] = {"Values": s[key], "Type": "String"}
+    if "model_type" in s:
+        ref["Model"] = {"Values": [s["model_type"]], "Type": "Optional"}
     if "input_dim" in s:
         descr = s.get("feature_descriptions", {})
         ref["Input"] = {"Dimension": s["input_dim"], "Description": {str(k): v for k, v in descr.items()}}
@@ -172,24 +174,68 @@ def to_reference(spec: Mapping[str, Any]) -> dict[str, Any]:
     return ref
 
 
+def is_reference_layout(spec: Any) -> bool:
+    """Whether ``spec`` is in the reference's layout (``{"Data": {"Values": [...], "Type": "Class"}, ...}``)."""
+    return isinstance(spec, Mapping) and any(
+        isinstance(k, str) and k[:1].isupper() and isinstance(v, Mapping) and ("Values" in v or "Dimension" in v)
+        for k, v in spec.items())
+
+
+def as_lwgpu(spec: Any) -> Any:
+    """A semantic spec or requirement in lwgpu's layout: the reference's layout is converted with
+    :func:`from_reference`, anything else is returned as it is (None stays None)."""
+    return from_reference(spec) if is_reference_layout(spec) else spec
+
+
+def _ref_values(ref_key: str, entry: Any) -> list[Any] | Any:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"reference semantic field {ref_key!r} must be a mapping {{'Values': ..., 'Type': ...}}, "
+                         f"got {type(entry).__name__}")
+    return entry.get("Values")
+
+
 def from_reference(ref: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`to_reference` (fields the reference lacks are left out); returns a partial spec."""
+    """Translate the reference's layout into lwgpu's; returns a partial spec (or requirement).
+
+    The reference's conventions: an empty ``Values`` (``[]`` or ``""``) leaves the field unset;
+    a class field listing several values (a user requirement: any of them) becomes a list of
+    acceptable values; ``Model`` becomes ``model_type`` unless it is just ``["Others"]`` (the
+    reference's default, which its searcher treats like an absent field). Unknown top-level keys
+    of the reference (e.g. ``learnware_id``) are ignored.
+    """
+    if not isinstance(ref, Mapping):
+        raise ValueError(f"a reference semantic spec must be a dict, got {type(ref).__name__}")
     spec: dict[str, Any] = {}
-    for key, ref_key in _REF_KEYS.items():
+    for key, ref_key in list(_REF_KEYS.items()) + [("model_type", "Model")]:
         if ref_key not in ref:
             continue
-        values = ref[ref_key].get("Values")
+        values = _ref_values(ref_key, ref[ref_key])
         if key == "tags":
-            spec[key] = list(values or [])
-        elif isinstance(values, list):
-            if values:
-                spec[key] = values[0]
-        elif values is not None:
+            spec[key] = [values] if isinstance(values, str) else list(values or [])
+        elif isinstance(values, (list, tuple)):
+            vals = [v for v in values if v not in (None, "")]
+            if key == "model_type" and vals == ["Others"]:
+                continue
+            if len(vals) == 1:
+                spec[key] = vals[0]
+            elif vals:
+                spec[key] = vals  # alternatives (a requirement); a learnware's full spec refuses a list
+        elif values not in (None, ""):
             spec[key] = values
-    if "Input" in ref:
-        spec["input_dim"] = ref["Input"]["Dimension"]
-        if ref["Input"].get("Description"):
-            spec["feature_descriptions"] = dict(ref["Input"]["Description"])
-    if "Output" in ref:
-        spec["output_dim"] = ref["Output"]["Dimension"]
-    return validate_semantic_spec(copy.deepcopy(spec), partial=True)
+    for key, ref_key in (("input_dim", "Input"), ("output_dim", "Output")):
+        entry = ref.get(ref_key)
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"reference semantic field {ref_key!r} must be a mapping {{'Dimension': ..., "
+                             f"'Description': ...}}, got {type(entry).__name__}")
+        if entry.get("Dimension") is not None:
+            spec[key] = entry["Dimension"]
+        if key == "input_dim" and entry.get("Description"):
+            spec["feature_descriptions"] = dict(entry["Description"])
+    spec = copy.deepcopy(spec)
+    alternatives = {k: spec.pop(k) for k in list(spec) if k != "tags" and isinstance(spec[k], list)}
+    out = validate_semantic_spec(spec, partial=True)
+    for key, vals in alternatives.items():
+        out[key] = [validate_semantic_spec({key: v}, partial=True)[key] for v in vals]
+    return out
