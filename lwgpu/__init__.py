@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "RKME": "lwgpu.spec.rkme",
+    "ImageRKME": "lwgpu.spec.image",
+    "TextRKME": "lwgpu.spec.text",
+    "load_spec": "lwgpu.spec.io",
     "SpecBank": "lwgpu.bank",
     "mmd2": "lwgpu.kernels",
     "mmd2_pairwise": "lwgpu.kernels",

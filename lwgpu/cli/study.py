@@ -21,6 +21,14 @@ def run_once(cfg: DictConfig, results: Results, tags: dict[str, Any]) -> None:
 
         built = build(cfg, results, tags)
         measure_search(cfg, built, results, tags)
+        if cfg.get("cluster") is not None and cfg.cluster.kind != "none":  # also sharded on Dask
+            from ..distributed.bench_step import measure_sharded
+
+            measure_sharded(cfg, built, results, tags)
+    elif cfg.market.kind in ("image", "text"):  # a real Market of image / text learnwares with ground truth
+        from .typed_step import measure_typed_market
+
+        measure_typed_market(cfg, results, tags)
     if cfg.reuse.enabled:
         from .reuse_step import measure_reuse
 

@@ -2,13 +2,18 @@
 
 Checks, in order:
 
-``package``   the folder/zip holds ``learnware.yaml`` (valid YAML, with semantic_spec, model and
-              stat_specifications) and the files it names;
-``semantic``  the semantic spec passes :func:`lwgpu.spec.semantic.validate_semantic_spec`;
-``rkme``      the RKME JSON loads, is finite, has the declared ``input_dim`` and the market's gamma;
+``package``   the folder/zip is within :class:`~lwgpu.market.archive.PackageLimits` and safe to unpack
+              (no links, special files or escaping paths), and holds ``learnware.yaml`` (safe YAML,
+              with model and stat_specifications) and the files it names;
+``semantic``  the semantic spec (the package's, or the one given at submission; lwgpu's or the
+              reference's layout) passes :func:`lwgpu.spec.semantic.validate_semantic_spec`;
+``rkme``      the spec JSON loads as its ``type`` says (table, image or text spec, :func:`lwgpu.spec.io.load_spec`),
+              is finite, has the market's gamma (Gaussian specs) and fits the semantic spec: a table
+              spec the declared ``input_dim``, an image or text spec the ``data_type`` image / text;
 ``model_load``    the model loads through its adapter;
-``model_predict`` ``predict`` runs on samples herded from the learnware's own RKME and returns one
-              output per row of the declared shape (labels in ``[0, output_dim)`` or
+``model_predict`` ``predict`` runs on samples each spec type can feed its model (:func:`sample_inputs`:
+              rows herded from a table RKME, an image spec's own points as images, fixed probe
+              sentences for text models) and returns one output per row of the declared shape (labels in ``[0, output_dim)`` or
               ``(n, output_dim)`` scores for classification; ``(n,)``/``(n, output_dim)`` otherwise);
 ``duplicate`` (checked by the market) no stored learnware has the same content hash.
 
@@ -26,20 +31,21 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..device import single_torch_thread
-from ..spec.semantic import validate_semantic_spec
+from ..spec.semantic import as_lwgpu, validate_semantic_spec
 from ..spec.validation import same_gamma
 from .errors import CHECKS, SubmissionError, check_output
+from .samples import PROBE_TEXTS, _as_numpy, sample_inputs
 from .learnware import ModelAdapter, load_model
 from .package import Manifest, read_manifest
 
 if TYPE_CHECKING:
+    from .archive import PackageLimits
     from .sandbox import WorkerLimits
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKS", "SubmissionError", "CheckedPackage", "check_package", "check_semantic", "check_rkme",
-           "check_model", "run_checks", "run_checks_many"]
+           "check_model", "run_checks", "run_checks_many", "sample_inputs", "PROBE_TEXTS"]
 
 
 @dataclass
@@ -55,17 +61,34 @@ class CheckedPackage:
     model: ModelAdapter | None = None
 
 
-def check_package(folder: Path) -> Manifest:
-    """The ``package`` check: manifest readable and the files it names present."""
+def _inside(folder: Path, name: Any) -> bool:
+    """``name`` is a regular file of ``folder`` reached without leaving it."""
+    if not isinstance(name, str) or not name:
+        return False
+    path = (folder / name).resolve()
+    return folder.resolve() in path.parents and path.is_file()
+
+
+def check_package(folder: Path, limits: PackageLimits | None = None) -> Manifest:
+    """The ``package`` check: manifest readable (safely, within ``limits``), a semantic spec present
+    and the files the manifest names inside the package."""
     try:
-        man = read_manifest(folder)
+        man = read_manifest(folder, limits)
+    except SubmissionError:
+        raise
     except (ValueError, FileNotFoundError) as exc:
         raise SubmissionError("package", str(exc)) from exc
-    if not (folder / man.spec_file).is_file():
+    if man.semantic_spec is None:
+        raise SubmissionError("semantic", "learnware.yaml has no semantic_spec (packages made for the reference "
+                                          "system keep it outside the package); pass it as Market.submit(path, "
+                                          "semantic_spec=...) in lwgpu's or the reference's layout")
+    if not _inside(folder, man.spec_file):
         raise SubmissionError("package", f"the RKME file {man.spec_file!r} named in learnware.yaml is missing")
-    for key in ("file", "module", "module_path"):
-        name = man.model.get(key)
-        if isinstance(name, str) and not (folder / name).is_file():
+    names = {key: man.model.get(key) for key in ("file", "module", "module_path") if key in man.model}
+    if man.model.get("kind", "python") == "python" and not {"module", "module_path"} & set(names):
+        names["module_path"] = "__init__.py"  # the reference's default model module
+    for key, name in names.items():
+        if not _inside(folder, name):
             raise SubmissionError("package", f"the model {key} {name!r} named in learnware.yaml is missing")
     return man
 
@@ -73,49 +96,74 @@ def check_package(folder: Path) -> Manifest:
 def check_semantic(raw: Any) -> dict[str, Any]:
     """The ``semantic`` check; returns the normalised spec."""
     try:
-        return validate_semantic_spec(raw)
+        return validate_semantic_spec(as_lwgpu(raw))
     except ValueError as exc:
         raise SubmissionError("semantic", str(exc)) from exc
 
 
 def check_rkme(path: Path, semantic: dict[str, Any], gamma: float) -> Any:
-    """The ``rkme`` check; returns the loaded RKME (float32, CPU)."""
-    from ..spec.rkme import RKME
+    """The ``rkme`` check; returns the loaded spec (RKME, ImageRKME or TextRKME by its JSON ``type``)."""
+    from ..spec.io import load_spec
 
     try:
-        spec = RKME.load(path)
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        raise SubmissionError("rkme", f"the RKME file does not load: {exc}") from exc
-    z, beta = spec.numpy()
-    if not (np.isfinite(z).all() and np.isfinite(beta).all()) or not math.isfinite(spec.self_inner):
+        spec = load_spec(path)
+    except (ValueError, TypeError, KeyError, OSError) as exc:  # ImportError: a type this install cannot read
+        raise SubmissionError("rkme", f"the spec file does not load: {exc}") from exc
+    except ImportError as exc:
+        raise SubmissionError("rkme", f"the spec file's type needs a missing component: {exc}") from exc
+    z, beta = _as_numpy(spec.z), _as_numpy(spec.beta)
+    if not (np.isfinite(z).all() and np.isfinite(beta).all()) or not _finite_self_inner(spec, beta):
         raise SubmissionError("rkme", "the RKME has NaN/Inf values or a non-finite self inner product")
     return check_rkme_spec(spec, semantic, gamma)
 
 
+def _finite_self_inner(spec: Any, beta: np.ndarray) -> bool:
+    """``<A, A>`` is finite. For a Gaussian spec (``0 < k <= 1``) ``|<A, A>| <= (sum_i |beta_i|)^2``, so a
+    finite bound settles it without the O(K^2 d) kernel sum (the market's bank computes the self term
+    once, at insertion); otherwise (another kernel, or a bound that overflows) the term is computed."""
+    from ..spec.io import IMAGE_TYPE, spec_type
+
+    if spec_type(spec) != IMAGE_TYPE:
+        bound = float(np.abs(beta.astype(np.float64)).sum()) ** 2
+        if math.isfinite(bound):
+            return True
+    self_inner = spec.self_inner if hasattr(spec, "self_inner") else spec.inner(spec)
+    return math.isfinite(float(self_inner))
+
+
 def check_rkme_spec(spec: Any, semantic: dict[str, Any], gamma: float) -> Any:
-    """The ``rkme`` check of an RKME object (its constructor already refused NaN/Inf): the declared
-    ``input_dim``, the market's gamma and some positive weight; returns ``spec``."""
-    if spec.d != semantic["input_dim"]:
+    """The ``rkme`` check of a spec object (its constructor already refused NaN/Inf): for a table RKME the
+    declared ``input_dim``; for an image/text spec the declared ``data_type``; the market's gamma (Gaussian
+    specs: table and text) and some positive weight; returns ``spec``."""
+    from ..spec.io import IMAGE_TYPE, TEXT_TYPE, spec_type
+
+    kind = spec_type(spec)
+    if kind in (IMAGE_TYPE, TEXT_TYPE):
+        want = "image" if kind == IMAGE_TYPE else "text"
+        if semantic["data_type"] != want:
+            raise SubmissionError("rkme", f"a {kind} belongs to a learnware of data_type {want!r}, but the "
+                                          f"semantic spec declares {semantic['data_type']!r}")
+    elif spec.d != semantic["input_dim"]:
         raise SubmissionError("rkme", f"the RKME has dimension {spec.d} but the semantic spec declares input_dim="
                                       f"{semantic['input_dim']}")
-    if not same_gamma(spec.gamma, gamma):
+    if kind != IMAGE_TYPE and not same_gamma(spec.gamma, gamma):  # the NNGP kernel of image specs has no gamma
         raise SubmissionError("rkme", f"the RKME uses gamma={spec.gamma} but this market uses gamma={gamma}; "
                                       "refit the spec with the market's gamma")
-    if float(spec.beta.clamp_min(0).sum()) <= 0:
+    if float(np.clip(_as_numpy(spec.beta), 0, None).sum()) <= 0:
         raise SubmissionError("rkme", "the RKME has no positive weight")
     return spec
 
 
 def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme: Any,
                 n_samples: int = 10, seed: int = 0) -> ModelAdapter:
-    """The ``model_load`` and ``model_predict`` checks on ``n_samples`` rows herded from ``rkme``."""
+    """The ``model_load`` and ``model_predict`` checks on ``n_samples`` inputs drawn from ``rkme``
+    (:func:`sample_inputs`)."""
     try:
         model = load_model(folder, manifest.model)
     except Exception as exc:  # noqa: BLE001 - report any loading failure as the check's reason
         raise SubmissionError("model_load", f"{type(exc).__name__}: {exc}") from exc
     try:
-        with single_torch_thread():
-            X = rkme.herd(n_samples, seed=seed).astype(np.float32)
+        X = sample_inputs(rkme, n_samples, seed=seed)
     except ValueError as exc:
         raise SubmissionError("rkme", f"cannot draw samples from the RKME: {exc}") from exc
     try:
@@ -127,13 +175,13 @@ def check_model(folder: Path, manifest: Manifest, semantic: dict[str, Any], rkme
 
 
 def run_checks(folder: Path, gamma: float, n_samples: int = 10, seed: int = 0, isolate: bool = True,
-               limits: WorkerLimits | None = None) -> CheckedPackage:
+               limits: WorkerLimits | None = None, package_limits: PackageLimits | None = None) -> CheckedPackage:
     """All checks but ``duplicate`` on an unpacked package ``folder``; raises :class:`SubmissionError`.
 
     ``isolate=True`` runs the model checks in an isolated worker under ``limits`` (see
     :class:`~lwgpu.market.sandbox.WorkerLimits`); ``isolate=False`` in this process.
     """
-    man = check_package(folder)
+    man = check_package(folder, package_limits)
     sem = check_semantic(man.semantic_spec)
     rkme = check_rkme(folder / man.spec_file, sem, gamma)
     if not isolate:
@@ -145,8 +193,8 @@ def run_checks(folder: Path, gamma: float, n_samples: int = 10, seed: int = 0, i
 
 
 def run_checks_many(folders: Sequence[Path], gamma: float, n_samples: int = 10, seed: int = 0,
-                    limits: WorkerLimits | None = None,
-                    max_workers: int | None = None) -> list[CheckedPackage | SubmissionError]:
+                    limits: WorkerLimits | None = None, max_workers: int | None = None,
+                    package_limits: PackageLimits | None = None) -> list[CheckedPackage | SubmissionError]:
     """:func:`run_checks` (isolated) for many packages; model checks run in parallel, one worker each.
 
     Returns, in the order of ``folders``, a :class:`CheckedPackage` or the :class:`SubmissionError`
@@ -158,7 +206,7 @@ def run_checks_many(folders: Sequence[Path], gamma: float, n_samples: int = 10, 
     jobs: list[ModelCheckJob] = []
     for folder in folders:
         try:
-            man = check_package(folder)
+            man = check_package(folder, package_limits)
             sem = check_semantic(man.semantic_spec)
             rkme = check_rkme(folder / man.spec_file, sem, gamma)
         except SubmissionError as exc:

@@ -28,11 +28,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from ..spec.semantic import from_reference
+from ..spec.semantic import as_lwgpu
+from ..spec.io import spec_type
 from .checks import SubmissionError, check_rkme_spec, check_semantic, run_checks_many
+from .samples import sample_inputs
 from .errors import check_output
 from .learnware import ModelAdapter
-from .package import FORMAT, YAML_NAME, _is_torch_module, _plain, content_hash, unpack_into
+from .archive import PackageLimits
+from .package import FORMAT, YAML_NAME, _is_torch_module, _plain, content_hash, read_yaml, unpack_into, write_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +58,7 @@ class Staged:
 def as_semantic(spec: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """A semantic spec in lwgpu's layout: the reference's layout (``{"Data": {"Values": [...]}, ...}``) is
     converted, lwgpu's is returned as it is."""
-    if spec is None:
-        return None
-    if any(isinstance(v, Mapping) and "Values" in v for v in spec.values()):
-        return from_reference(spec)
-    return spec
+    return as_lwgpu(spec)
 
 
 # ---------------------------------------------------------------------- in-memory objects
@@ -90,8 +89,20 @@ def _model_blob(model: Any, output: str) -> tuple[str, bytes, dict[str, Any]]:
     return name, buf.getvalue(), cfg
 
 
+def _spec_bytes(spec: Any) -> bytes:
+    """The spec's JSON file content (its ``to_dict``, else what its ``save`` writes)."""
+    if hasattr(spec, "to_dict"):
+        return json.dumps(spec.to_dict(), separators=(",", ":")).encode()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec.save(os.path.join(tmp, SPEC_FILE))
+        with open(os.path.join(tmp, SPEC_FILE), "rb") as fh:
+            return fh.read()
+
+
 def _check_rkme(rkme: Any, semantic: dict[str, Any], gamma: float) -> None:
-    if not all(hasattr(rkme, a) for a in ("z", "beta", "gamma", "to_dict")):
+    if not all(hasattr(rkme, a) for a in ("z", "beta")) or not (hasattr(rkme, "to_dict") or hasattr(rkme, "save")):
         raise SubmissionError("rkme", f"expected an RKME, got {type(rkme).__name__}")
     check_rkme_spec(rkme, semantic, gamma)
 
@@ -142,8 +153,8 @@ def stage_objects(
                 _check_in_process(model, cfg, sem, rkme, check_samples)
                 checked.add((id(model), int(sem["output_dim"])))
             manifest = {"format": FORMAT, "version": 1, "semantic_spec": _plain(sem), "model": cfg,
-                        "stat_specifications": [{"type": "RKMETableSpecification", "file": SPEC_FILE}]}
-            files = [(name, data), (SPEC_FILE, json.dumps(rkme.to_dict(), separators=(",", ":")).encode()),
+                        "stat_specifications": [{"type": spec_type(rkme), "file": SPEC_FILE}]}
+            files = [(name, data), (SPEC_FILE, _spec_bytes(rkme)),
                      (YAML_NAME, yaml.dump(manifest, Dumper=_Dumper, sort_keys=False).encode())]
             folder = staging / f"item{i}"
             digest = _write_package(folder, files)
@@ -154,9 +165,9 @@ def stage_objects(
 
 
 def _check_in_process(model: Any, cfg: Mapping[str, Any], sem: Mapping[str, Any], rkme: Any, n: int) -> None:
-    """``predict`` of the caller's own model on ``n`` rows drawn from the spec's points (cycled)."""
-    z = rkme.z.detach().cpu().numpy().astype(np.float32)
-    X = z[np.arange(max(1, n)) % len(z)]
+    """``predict`` of the caller's own model on ``n`` inputs from the spec (:func:`~.checks.sample_inputs`:
+    a table spec's points cycled, an image spec's points as images, probe sentences for a text model)."""
+    X = sample_inputs(rkme, n, herd=False)
     try:
         pred = ModelAdapter(model, cfg["kind"], cfg.get("output", "predict")).predict(X)
     except Exception as exc:  # noqa: BLE001 - the check reports any failure of the model
@@ -165,21 +176,26 @@ def _check_in_process(model: Any, cfg: Mapping[str, Any], sem: Mapping[str, Any]
 
 
 # ---------------------------------------------------------------------- packages
-def _override_semantic(folder: Path, semantic: Mapping[str, Any]) -> None:
-    """Replace the package's ``semantic_spec`` with ``semantic`` (given at submission)."""
-    path = folder / YAML_NAME
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+def _override_semantic(folder: Path, semantic: Mapping[str, Any], limits: PackageLimits | None = None) -> None:
+    """Replace (or, for a reference package, add) the package's ``semantic_spec`` with ``semantic``
+    (given at submission); the rest of ``learnware.yaml`` is kept, tuples included."""
+    try:
+        data = read_yaml(folder, limits)
+    except FileNotFoundError:
+        data = None
     if not isinstance(data, dict):
         raise SubmissionError("package", f"{YAML_NAME} is missing or not a mapping")
     data["semantic_spec"] = _plain(check_semantic(semantic))
-    path.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False), encoding="utf-8")
+    write_yaml(folder, data)
 
 
 def stage_packages(
     paths: Sequence[str | os.PathLike], semantic_specs: Sequence[Mapping[str, Any] | None] | None, staging: Path,
     gamma: float, check_samples: int, limits: Any, max_workers: int | None = None,
+    package_limits: PackageLimits | None = None,
 ) -> list[Staged | SubmissionError]:
-    """Unpack and check packages (folders or zips); model checks in isolated workers, in parallel."""
+    """Unpack (safely, under ``package_limits``) and check packages (folders or zips); model checks in
+    isolated workers (under ``limits``), in parallel."""
     sems = list(semantic_specs) if semantic_specs is not None else [None] * len(paths)
     if len(sems) != len(paths):
         raise ValueError(f"submit_many got {len(paths)} packages but {len(sems)} semantic specs")
@@ -190,17 +206,20 @@ def stage_packages(
         folder = staging / f"pkg{i}"
         try:
             try:
-                unpack_into(path, folder)
+                unpack_into(path, folder, package_limits)
+            except SubmissionError:
+                raise
             except (ValueError, FileNotFoundError, zipfile.BadZipFile, OSError) as exc:
                 raise SubmissionError("package", f"cannot read the package at {path}: {exc}") from exc
             if sem is not None:
-                _override_semantic(folder, as_semantic(sem))
+                _override_semantic(folder, sem, package_limits)
         except SubmissionError as exc:
             out[i] = exc
             continue
         folders.append(folder)
         where.append(i)
-    checked = run_checks_many(folders, gamma, n_samples=check_samples, limits=limits, max_workers=max_workers)
+    checked = run_checks_many(folders, gamma, n_samples=check_samples, limits=limits, max_workers=max_workers,
+                              package_limits=package_limits)
     for i, folder, res in zip(where, folders, checked):
         if isinstance(res, SubmissionError):
             out[i] = res

@@ -194,12 +194,20 @@ class Learnware:
 
     @property
     def rkme(self) -> Any:
-        """The statistical spec (an :class:`~lwgpu.spec.rkme.RKME`), read from its JSON on first use."""
+        """The statistical spec, read from its JSON on first use as the type it records: an
+        :class:`~lwgpu.spec.rkme.RKME` (table), ``ImageRKME`` or :class:`~lwgpu.spec.text.TextRKME`
+        (:func:`lwgpu.spec.io.load_spec`)."""
         if self._rkme is None:
-            from ..spec.rkme import RKME
+            from ..spec.io import load_spec
 
-            self._rkme = RKME.load(self.path / self.spec_file)
+            self._rkme = load_spec(self.path / self.spec_file)
         return self._rkme
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The differential-privacy record of the statistical spec (epsilon, delta, mechanism, ...;
+        :mod:`lwgpu.spec.privacy`), or None for a plain spec."""
+        return getattr(self.rkme, "privacy", None)
 
     @property
     def model(self) -> ModelAdapter:

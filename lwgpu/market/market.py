@@ -4,7 +4,8 @@ Layout of an embedded market folder ``root``::
 
     market.db            SQLite database (unless db_url points elsewhere): the source of truth
     learnwares/<id>/     each stored package (learnware.yaml, model files, RKME JSON)
-    banks/d<d>/          one memory-mapped SpecBank per input dimension (derived; repaired on open)
+    banks/<key>/         one bank per spec type and shape: d<d> (table), text-..., image-... (derived;
+                         repaired on open; lwgpu.market.banks)
     indexes/d<d>/        its SpecIndex once the bank is large enough (derived)
     .staging/ .trash/    in-flight submissions / deletions (cleaned up on open)
 
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -33,11 +33,12 @@ from ..kernels import get_backend
 from ..search.results import SearchResult
 from ..search.statistical import statistical_search
 from ..spec.validation import same_gamma
-from .banks import BankSet
+from .archive import PackageLimits
+from .banks import BankSet, bank_key, spec_tag
 from .checks import SubmissionError
 from .ingest import Staged, as_semantic, chunks, progress_bar, stage_objects, stage_packages
 from .learnware import Learnware
-from .locks import RWLock
+from .locks import RWLock, staging_dir
 from .reconcile import reconcile_files
 from .store import Store
 from .worker import WorkerLimits, close_workers, isolation
@@ -63,6 +64,9 @@ class Market:
         code (default: 60 s per check, 4 GiB, no network, read-only file system; the market's own
         folder hidden from the model). :attr:`isolation` says which isolation is in force.
     autosave_every : flush the banks after this many changes (close() and flush() always do).
+    package_limits : :class:`~lwgpu.market.archive.PackageLimits` a submitted zip or folder must meet
+        before anything is unpacked (sizes, entry count, compression ratio, YAML size; defaults
+        ``settings.PACKAGE_*``); links, special files and escaping paths are always refused.
     """
 
     def __init__(
@@ -76,12 +80,19 @@ class Market:
         check_samples: int = settings.MARKET_CHECK_SAMPLES,
         limits: WorkerLimits | None = None,
         autosave_every: int = settings.MARKET_FLUSH_EVERY,
+        package_limits: PackageLimits | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lw_dir, self._staging, self._trash = self.root / "learnwares", self.root / ".staging", self.root / ".trash"
         for p in (self._lw_dir, self._staging, self._trash):
             p.mkdir(exist_ok=True)
+        if db_url is None:  # SQLite would make its file 0o644 & ~umask: an empty file (a valid empty db) gets
+            # 0o666 & ~umask like every other file here, and SQLite gives its -wal/-shm files the db's mode
+            try:
+                os.close(os.open(self.root / "market.db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                pass
         self.store = Store(db_url or f"sqlite:///{(self.root / 'market.db').resolve()}")
         stored = self.store.get_meta("gamma")
         if stored is None:
@@ -97,9 +108,10 @@ class Market:
         self.check_samples = int(check_samples)
         self.autosave_every = int(autosave_every)
         self.limits = limits or WorkerLimits(hidden_paths=("/run", str(self.root.resolve())))
+        self.package_limits = package_limits or PackageLimits()
         self.isolation = isolation(self.limits)
         logger.info("market %s: package code runs in %s workers", self.root, self.isolation)
-        self._lock = RWLock()
+        self._lock = RWLock(self.root / ".write.lock")  # also excludes the writers of other processes
         self._banks = BankSet(self.root / "banks", self.root / "indexes", self.gamma, self.device, int(index_threshold))
         self._banks.backend = self.backend
         self._learnwares: dict[int, Learnware] = {}
@@ -116,7 +128,7 @@ class Market:
         self._sync_banks(ids, dims)
 
     def _sync_banks(self, ids: np.ndarray, dims: np.ndarray) -> None:
-        want = {int(d): ids[dims == d] for d in np.unique(dims).tolist()}
+        want = self.store.bank_groups(ids, dims)  # {bank key: ids}: table d<d>, text and image banks
         if self._banks.sync(want, self._load_spec):
             self._banks.flush()
 
@@ -179,7 +191,7 @@ class Market:
         out: list[int | SubmissionError] = []
         with progress_bar(n, "add_many", progress) as bar:
             for s, e in chunks(n, batch):
-                with tempfile.TemporaryDirectory(dir=self._staging) as tmp:
+                with staging_dir(self._staging) as tmp:  # locked: a market opened meanwhile leaves it
                     staged = stage_objects(models[s:e], semantic_specs[s:e], rkmes[s:e], Path(tmp), self.gamma,
                                            output=output, check_samples=self.check_samples, check=check)
                     out.extend(self._commit(staged))
@@ -217,9 +229,9 @@ class Market:
         out: list[int | SubmissionError] = []
         with progress_bar(len(paths), "submit_many", progress) as bar:
             for s, e in chunks(len(paths), batch):
-                with tempfile.TemporaryDirectory(dir=self._staging) as tmp:
+                with staging_dir(self._staging) as tmp:
                     staged = stage_packages(paths[s:e], sems[s:e], Path(tmp), self.gamma, self.check_samples,
-                                            self.limits, max_workers=max_workers)
+                                            self.limits, max_workers=max_workers, package_limits=self.package_limits)
                     out.extend(self._commit(staged))
                 bar.update(e - s)
         return out
@@ -263,7 +275,8 @@ class Market:
         moved: list[Path] = []
         try:
             with self.store.transaction() as s:
-                ids = Store.insert_many(s, [(st.digest, st.semantic, st.model_cfg, st.spec_file) for st in items])
+                ids = Store.insert_many(s, [(st.digest, st.semantic, st.model_cfg, st.spec_file, spec_tag(st.rkme))
+                                           for st in items])
                 for st, new in zip(items, ids):
                     final = self._lw_dir / str(new)
                     if final.exists():  # left by a crash before the row existed; the database is the truth
@@ -304,7 +317,7 @@ class Market:
                     os.replace(trash, src)
                 raise
             self._learnwares.pop(id, None)
-            self._banks.remove(id, int(row.input_dim))
+            self._banks.remove(id, row.spec_key or int(row.input_dim))
             shutil.rmtree(trash, ignore_errors=True)
             self._count_change()
 
@@ -339,9 +352,10 @@ class Market:
         """Learnwares admitted by a partial semantic spec ``filter`` (all when None), see semantic_filter."""
         return [self.get(i) for i in self.store.filter_ids(as_semantic(filter)).tolist()]
 
-    def bank(self, d: int) -> Any:
-        """The SpecBank of the specs of input dimension ``d`` (None if there is none)."""
-        return self._banks.get(int(d))
+    def bank(self, d: int | str) -> Any:
+        """The SpecBank of the table specs of input dimension ``d``, or the bank of a bank key (``text-...``,
+        ``image-...``, see :func:`lwgpu.market.banks.bank_key`); None if there is none."""
+        return self._banks.get(d)
 
     def search(
         self,
@@ -356,7 +370,11 @@ class Market:
 
         Parameters
         ----------
-        rkme : the user's RKME (the market's gamma; its dimension selects the bank).
+        rkme : the user's spec: a table RKME (the market's gamma; its dimension selects the bank), a
+            :class:`~lwgpu.spec.text.TextRKME` (its encoder and dimension select the bank; a market with text
+            specs only of other encoders raises :class:`~lwgpu.spec.text.EncoderMismatchError`) or an
+            ``ImageRKME`` (the image bank of its shape, searched exactly: single results, no mixture).
+            Only specs of the user spec's type are ever returned.
         semantic : a partial semantic spec, lwgpu's or the reference's layout (see
             :mod:`lwgpu.search.semantic_filter`), or None.
         k : number of single results.
@@ -367,21 +385,34 @@ class Market:
         -------
         SearchResult whose ``method`` names the planner's path (exact, exact-rows, index, index-filtered).
         """
-        if not same_gamma(rkme.gamma, self.gamma):
+        # ---- by spec type (table / text / image): the bank of the user spec's bank key ----
+        from ..spec.io import IMAGE_TYPE, TABLE_TYPE, spec_type
+        from .typed_search import check_text_encoder, search_image
+
+        kind, key = spec_type(rkme), bank_key(rkme)
+        if kind != IMAGE_TYPE and not same_gamma(rkme.gamma, self.gamma):
             raise ValueError(f"the user spec has gamma={rkme.gamma} but this market uses gamma={self.gamma}; "
                              "fit it with the market's gamma")
         query = dict(as_semantic(semantic) or {})
         with self._lock.read():
-            bank = self._banks.get(rkme.d)
+            bank = self._banks.get(key)
             if bank is None:
+                check_text_encoder(rkme, self.store.encoders())
                 return SearchResult()
             admitted = None
+            if query and kind == IMAGE_TYPE:
+                admitted = self.store.filter_ids(query)
+                admitted = admitted[np.isin(admitted, bank.ids)]
+            if kind == IMAGE_TYPE:
+                return search_image(bank, rkme, admitted, k)
+            # ---- end of the dispatch by spec type ----
             if query:
-                query.setdefault("input_dim", rkme.d)
+                if kind == TABLE_TYPE:
+                    query.setdefault("input_dim", rkme.d)
                 admitted = self.store.filter_ids(query)
                 admitted = admitted[np.isin(admitted, bank.ids)]  # input_dim may list other dimensions
                 if admitted.size == len(bank):
                     admitted = None  # everything of this dimension: the unfiltered path
             return statistical_search(bank, rkme, k=k, ids=admitted, mixture=mixture, max_mixture=max_mixture,
-                                      method=method, index=self._banks.index_for(rkme.d), backend=self.backend)
+                                      method=method, index=self._banks.index_for(key), backend=self.backend)
 

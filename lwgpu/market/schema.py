@@ -16,6 +16,8 @@ The Store keeps the text index in step in ``insert``/``insert_many``/``remove``.
 
 Version 1 (no ``schema_version`` key) had only the learnwares table with ``semantic_json`` and a
 few columns; :func:`create_or_upgrade` adds what is missing and fills it from ``semantic_json``.
+Version 3 adds the spec columns ``spec_type``, ``spec_key`` and ``encoder`` (markets of table, image and
+text specs side by side); older rows are table specs.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: ``spec_type`` of rows that predate version 3 (every one of them holds a table spec)
+TABLE_SPEC_TYPE = "RKMETableSpecification"
 FTS_TABLE = "learnwares_fts"  # SQLite
 TEXT_TABLE = "learnwares_text"  # other databases
 
@@ -59,6 +63,12 @@ class LearnwareRow(_Base):
     semantic_json: Mapped[str] = mapped_column(Text)
     model_json: Mapped[str] = mapped_column(Text)
     spec_file: Mapped[str] = mapped_column(String(256))
+    # version 3: the statistical spec's type, its bank key (NULL for table specs: bank ``d<input_dim>``) and,
+    # for text specs, the sentence encoder
+    spec_type: Mapped[str] = mapped_column(String(32), index=True, default=TABLE_SPEC_TYPE,
+                                           server_default=TABLE_SPEC_TYPE)
+    spec_key: Mapped[str | None] = mapped_column(String(160), index=True, nullable=True)
+    encoder: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created: Mapped[float] = mapped_column(Float)
 
 
@@ -191,6 +201,7 @@ def create_or_upgrade(engine: Engine) -> None:
 
 def _upgrade(engine: Engine, version: int) -> None:
     """Version 1 -> 2: add the semantic columns, tags and text index, filled from ``semantic_json``.
+    Version 2 -> 3: add ``spec_type`` (every older row holds a table spec), ``spec_key`` and ``encoder`` (NULL).
 
     Every step is idempotent, and the version is written last, so an interrupted upgrade reruns.
     """
@@ -201,10 +212,16 @@ def _upgrade(engine: Engine, version: int) -> None:
             if col.name not in have:
                 ddl = f"{col.type.compile(engine.dialect)}"
                 default = " NOT NULL DEFAULT ''" if col.name == "description" else ""
+                if col.name == "spec_type":
+                    default = f" NOT NULL DEFAULT '{TABLE_SPEC_TYPE}'"
                 conn.exec_driver_sql(f"ALTER TABLE {LEARNWARES.name} ADD COLUMN {col.name} {ddl}{default}")
         for table in (LEARNWARES, TAGS):
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
+        if version >= 2:  # the semantic columns, tags and text index are there already
+            _set_version(conn)
+            logger.info("upgraded the market database from schema version %d to %d", version, SCHEMA_VERSION)
+            return
         _create_text_index(conn)
     with engine.begin() as conn:
         _clear_text_index(conn)

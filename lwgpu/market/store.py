@@ -18,14 +18,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .field_index import FieldIndex
-from .schema import (LEARNWARES, SEMANTIC_COLUMNS, TAGS, LearnwareRow, MetaRow, TagRow, bump_generation,
-                     create_or_upgrade, fts_delete, fts_insert, row_values)
+from .schema import (LEARNWARES, SEMANTIC_COLUMNS, TABLE_SPEC_TYPE, TAGS, LearnwareRow, MetaRow, TagRow,
+                     bump_generation, create_or_upgrade, fts_delete, fts_insert, row_values)
 from .store_filter import filter_ids as _filter_ids
 
 __all__ = ["Store", "LearnwareRow", "MetaRow", "TagRow"]
 
-#: one learnware to insert: content hash, normalised semantic spec, model config, spec file name
+#: one learnware to insert: content hash, normalised semantic spec, model config, spec file name and, optionally,
+#: the spec's ``(spec_type, spec_key, encoder)`` (:func:`lwgpu.market.banks.spec_tag`; default: a table spec)
 Item = Sequence[Any]
+_TABLE_TAG = (TABLE_SPEC_TYPE, None, None)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -36,7 +38,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-_ROW_COLUMNS = ("content_hash",) + SEMANTIC_COLUMNS + ("semantic_json", "model_json", "spec_file", "created")
+_ROW_COLUMNS = ("content_hash",) + SEMANTIC_COLUMNS + ("semantic_json", "model_json", "spec_file", "created",
+                                                       "spec_type", "spec_key", "encoder")
 _JSON = json.JSONEncoder(sort_keys=True)  # the same text as json.dumps(..., sort_keys=True)
 
 
@@ -122,6 +125,36 @@ class Store:
         there = codes >= 0  # -1: a row deleted while the copy was being read (dropped at the next refresh)
         return snap.ids[there], values[codes[there]]
 
+    def bank_groups(self, ids: np.ndarray, dims: np.ndarray) -> dict[str, np.ndarray]:
+        """The ids of each bank key (``d<d>`` for table specs, the stored ``spec_key`` of the others), for the
+        rows ``ids`` with ``input_dim`` ``dims`` (as :meth:`ids_and_dims` returns them). Only the rows with a
+        ``spec_key`` (image and text specs) are read from the database."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(LEARNWARES.c.id, LEARNWARES.c.spec_key)
+                                .where(LEARNWARES.c.spec_key.is_not(None))).fetchall()
+        other = np.array([int(i) for i, _ in rows], np.int64)
+        keys = np.array([k for _, k in rows], dtype=object)
+        table = ~np.isin(ids, other)
+        groups = {f"d{int(d)}": ids[table & (dims == d)] for d in np.unique(dims[table]).tolist()}
+        live = np.isin(other, ids)
+        for key in sorted(set(keys[live].tolist())):
+            groups[key] = np.sort(other[live & (keys == key)])
+        return groups
+
+    def bank_key_of(self, id: int) -> str | None:
+        """The bank key of learnware ``id`` (``d<input_dim>`` for a table spec), None if there is no such row."""
+        row = self.get(id)
+        if row is None:
+            return None
+        return row.spec_key or f"d{int(row.input_dim)}"
+
+    def encoders(self) -> dict[str, str]:
+        """``{bank key: encoder}`` of the stored text specs."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(LEARNWARES.c.spec_key, LEARNWARES.c.encoder).distinct()
+                                .where(LEARNWARES.c.encoder.is_not(None))).fetchall()
+        return {k: e for k, e in rows}
+
     def count(self) -> int:
         """The number of stored learnwares."""
         return len(self.ids_and_dims()[0])
@@ -150,8 +183,9 @@ class Store:
         Parameters
         ----------
         s : the caller's session (see :meth:`transaction`); nothing is committed here.
-        items : ``(content_hash, semantic, model_cfg, spec_file)`` per learnware, ``semantic`` normalised
-            (:func:`~lwgpu.spec.semantic.validate_semantic_spec`).
+        items : ``(content_hash, semantic, model_cfg, spec_file[, (spec_type, spec_key, encoder)])`` per
+            learnware, ``semantic`` normalised (:func:`~lwgpu.spec.semantic.validate_semantic_spec`); without
+            the spec tag, a table spec.
 
         Rows, tags and full-text entries go in with one ``executemany`` each. A content hash already
         stored (or repeated in ``items``) raises ``sqlalchemy.exc.IntegrityError``.
@@ -160,8 +194,9 @@ class Store:
         if not items:
             return []
         now = time.time()
-        rows = [(h, *row_values(sem), _JSON.encode(sem), _JSON.encode(cfg), spec_file, now)
-                for h, sem, cfg, spec_file in items]
+        rows = [(h, *row_values(sem), _JSON.encode(sem), _JSON.encode(cfg), spec_file, now,
+                 *(tuple(rest[0]) if rest else _TABLE_TAG))
+                for h, sem, cfg, spec_file, *rest in items]
         conn = s.connection()
         ids = _insert_rows(conn, rows)
         tags = [(i, t) for i, item in zip(ids, items) for t in sorted(set(item[1].get("tags", ())))]

@@ -19,6 +19,7 @@ import atexit
 import json
 import logging
 import os
+import queue
 import shutil
 import stat
 import tempfile
@@ -33,7 +34,7 @@ import numpy as np
 
 from .errors import SubmissionError, check_output
 from .sandbox import WorkerError, WorkerLimits, WorkerProcess, decode_array, isolation, isolation_info
-from .zygote import close_zygotes, new_scratch, spawn_worker
+from .zygote import close_zygotes, new_scratch, prespawn, spawn_worker, take_spare
 
 __all__ = ["WorkerLimits", "WorkerError", "IsolatedModel", "ModelCheckJob", "check_model_isolated",
            "check_many", "predict_isolated", "model_info_isolated", "close_workers", "isolation",
@@ -93,15 +94,23 @@ class IsolatedModel:
         self.info: dict[str, Any] | None = None
         self._seq = 0
         warm = self.limits.warm
-        self.scratch = new_scratch() if warm else Path(tempfile.mkdtemp(prefix="lwgpu-worker-")).resolve()
+        preload = preload_for(Path(folder), model_cfg) if warm else ()
+        spare = take_spare(self.limits, preload) if warm else None  # forked and set up ahead, never used
+        if spare is not None:
+            self.scratch, self.proc = spare
+        else:
+            self.scratch = new_scratch() if warm else Path(tempfile.mkdtemp(prefix="lwgpu-worker-")).resolve()
         try:
-            self.folder = self.scratch / "pkg"
+            self.folder = self.scratch / "pkg"  # a spare sees it appear in its own (bound) scratch folder
             shutil.copytree(folder, self.folder, symlinks=True)
-            proc = spawn_worker(self.scratch, self.limits, preload_for(self.folder, model_cfg)) if warm else None
-            self.proc = WorkerProcess(self.scratch, self.limits, proc)
+            if spare is None:
+                proc = spawn_worker(self.scratch, self.limits, preload) if warm else None
+                self.proc = WorkerProcess(self.scratch, self.limits, proc)
         except BaseException:
-            _rmtree(self.scratch)
+            self.close()
             raise
+        if warm:
+            prespawn(self.limits)  # the next package's worker, set up while this one works
 
     def __enter__(self) -> "IsolatedModel":
         return self
@@ -120,13 +129,39 @@ class IsolatedModel:
     def load(self) -> dict[str, Any]:
         """Load the model in the worker; returns ``{"predict_proba": bool, "classes": list | None}``."""
         hdr, _ = self.proc.request({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load")
+        self._set_info(hdr)
+        return self.info
+
+    def load_and_predict(self, X: Any, method: str = "predict") -> np.ndarray | None:
+        """:meth:`load` then :meth:`predict` in one round trip: the ``predict`` request is written right
+        after the ``load`` one, without waiting for its reply. ``X`` may be a callable giving the rows
+        (or None: load only, returns None); it runs while the worker loads the model."""
+        written: list[Path] = []
+
+        def second() -> tuple[dict[str, Any], str] | None:
+            rows = X() if callable(X) else X
+            if rows is None:
+                return None
+            path, req = self._input(rows, method)
+            written.append(path)
+            return req, "model_predict"
+
+        try:
+            replies = self.proc.request_many(
+                [({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load"), second])
+        finally:
+            for path in written:
+                path.unlink(missing_ok=True)
+        self._set_info(replies[0][0])
+        return self._decode(replies[1][1]) if len(replies) > 1 else None
+
+    def _set_info(self, hdr: dict[str, Any]) -> None:
         info = hdr.get("info")
         self.info = {"predict_proba": bool(info.get("predict_proba")) if isinstance(info, dict) else False,
                      "classes": info.get("classes") if isinstance(info, dict) else None}
-        return self.info
 
-    def predict(self, X: Any, method: str = "predict") -> np.ndarray:
-        """``method`` (``predict`` or ``predict_proba``) of the model on rows ``X``, run in the worker."""
+    def _input(self, X: Any, method: str) -> tuple[Path, dict[str, Any]]:
+        """Write rows ``X`` into the scratch folder; the file and the ``predict`` request naming it."""
         if method not in ("predict", "predict_proba"):
             raise ValueError(f"method must be 'predict' or 'predict_proba', got {method!r}")
         arr = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
@@ -135,21 +170,83 @@ class IsolatedModel:
         self._seq += 1
         path = self.scratch / f"in{self._seq}.npy"
         np.save(path, arr, allow_pickle=False)
-        try:
-            _, payload = self.proc.request({"op": "predict", "input": str(path), "method": method}, "model_predict")
-        finally:
-            path.unlink(missing_ok=True)
+        return path, {"op": "predict", "input": str(path), "method": method}
+
+    @staticmethod
+    def _decode(payload: bytes) -> np.ndarray:
         try:
             return decode_array(payload)
         except (ValueError, OSError, EOFError) as exc:
             raise WorkerError("model_predict", f"the worker returned an unreadable array: {exc}") from exc
 
-    def close(self) -> None:
-        """Stop the worker and delete its scratch folder."""
+    def predict(self, X: Any, method: str = "predict") -> np.ndarray:
+        """``method`` (``predict`` or ``predict_proba``) of the model on rows ``X``, run in the worker."""
+        path, req = self._input(X, method)
+        try:
+            _, payload = self.proc.request(req, "model_predict")
+        finally:
+            path.unlink(missing_ok=True)
+        return self._decode(payload)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker and delete its scratch folder; ``wait=False`` leaves both to a background
+        reaper (the worker gets EOF now and is killed if it has not exited within 2 s)."""
+        if not wait:
+            _REAPER.put(self)
+            return
         proc = getattr(self, "proc", None)
         if proc is not None:
             proc.close()
         _rmtree(self.scratch)
+
+
+class _Reaper:
+    """One long-lived thread that stops used workers and deletes their scratch folders off the
+    caller's critical path (a worker is never reused: it only waits here for its end)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
+    def put(self, model: "IsolatedModel") -> None:
+        proc = getattr(model, "proc", None)
+        if proc is not None:
+            try:
+                proc.proc.stdin.close()  # EOF now: the worker starts exiting at once
+            except OSError:
+                pass
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, daemon=True, name="lwgpu-reaper")
+                self._thread.start()
+            self._pending += 1
+        self._queue.put(model)
+
+    def _run(self) -> None:
+        while True:
+            model = self._queue.get()
+            try:
+                model.close()
+            except Exception:  # noqa: BLE001 - a failed cleanup must not stop the reaper
+                logger.exception("cannot stop an isolated worker")
+            with self._lock:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every handed-over worker is stopped; False on timeout."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return True
+            return self._idle.wait_for(lambda: self._pending <= 0, timeout)
+
+
+_REAPER = _Reaper()
 
 
 # ---------------------------------------------------------------------------- submission checks
@@ -170,26 +267,29 @@ def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Map
     ``predict`` runs on ``n_samples`` rows herded from ``rkme`` and its output shape is validated),
     but the model never runs in this process. Raises :class:`~lwgpu.market.checks.SubmissionError`.
     """
-    from ..device import single_torch_thread
+    from .samples import sample_inputs  # rows herded from a table RKME, image points, probe texts
 
     limits = limits or WorkerLimits()
-    herd_error: ValueError | None = None
+    herd_error: list[ValueError] = []
+
+    def rows() -> np.ndarray | None:  # herded while the worker loads the model
+        try:
+            return sample_inputs(rkme, n_samples, seed=seed)
+        except ValueError as exc:
+            herd_error.append(exc)
+            return None
+
+    model = IsolatedModel(folder, manifest.model, limits)
     try:
-        with single_torch_thread():
-            X = rkme.herd(n_samples, seed=seed).astype(np.float32)
-    except ValueError as exc:
-        herd_error = exc
-    with IsolatedModel(folder, manifest.model, limits) as model:
         try:
-            model.load()
+            out = model.load_and_predict(rows)  # both requests in one round trip
         except WorkerError as exc:
-            raise SubmissionError("model_load", _reason(exc, limits, "")) from exc
-        if herd_error is not None:
-            raise SubmissionError("rkme", f"cannot draw samples from the RKME: {herd_error}") from herd_error
-        try:
-            out = model.predict(X)
-        except WorkerError as exc:
-            raise SubmissionError("model_predict", _reason(exc, limits, "predict")) from exc
+            what = "" if exc.stage == "model_load" else "predict"
+            raise SubmissionError(exc.stage, _reason(exc, limits, what)) from exc
+    finally:
+        model.close(wait=False)  # the worker's end and its scratch folder's removal are off the critical path
+    if herd_error:
+        raise SubmissionError("rkme", f"cannot draw samples from the RKME: {herd_error[0]}") from herd_error[0]
     check_output(out, n_samples, dict(semantic))
 
 
@@ -223,6 +323,8 @@ def check_many(jobs: Sequence[ModelCheckJob], max_workers: int | None = None,
     if not jobs:
         return []
     workers = max(1, min(len(jobs), max_workers or os.cpu_count() or 1))
+    if workers == 1:  # one package (Market.submit): no thread pool to start
+        return [one(j) for j in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="lwgpu-check") as ex:
         futures = [ex.submit(one, j) for j in jobs]
         return [f.result() for f in futures]
@@ -283,11 +385,14 @@ class _KeptWorkers:
 
 _KEPT = _KeptWorkers()
 atexit.register(_KEPT.close)
+atexit.register(_REAPER.drain, 10.0)  # runs before the zygotes' own atexit (registered earlier) kills them
 
 
 def close_workers() -> None:
-    """Stop the workers kept alive by ``predict_isolated(..., keep_alive=True)`` and the zygotes."""
+    """Stop the workers kept alive by ``predict_isolated(..., keep_alive=True)``, those still ending
+    after a check, the spare workers and the zygotes."""
     _KEPT.close()
+    _REAPER.drain()
     close_zygotes()
 
 
