@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch; a GPU machine can override, e.g. `make test TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= cpu,dev
+# text: the offline sentence encoder (text specs); dist: Dask (sharded banks, tests on a LocalCluster).
+EXTRAS ?= cpu,dev,text,dist
 # `make nvcc`: compile the CUDA kernel ahead of time (compile only, no GPU needed); skipped without nvcc.
 NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
@@ -50,13 +51,13 @@ nvcc:
 
 gpu-test:
 	@case "$(CUDA)" in 12|13) ;; *) echo "gpu-test: CUDA must be 12 or 13 (the CuPy builds cupy-cuda12x / cupy-cuda13x), got '$(CUDA)'"; exit 2;; esac
-	$(MAKE) install VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH_SPEC)" EXTRAS=cpu,gpu$(CUDA),dev
+	$(MAKE) install VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH_SPEC)" EXTRAS=cpu,gpu$(CUDA),dev,text,dist
 	$(GPU_VENV)/bin/python -c "import torch, cupy; assert torch.cuda.is_available(), 'torch sees no GPU'; print('[gpu-test] torch', torch.__version__, 'CUDA', torch.version.cuda, '| CuPy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())"
 	WANDB_MODE=disabled $(GPU_VENV)/bin/python -m pytest -q -m gpu
 
 bench:
-	$(MAKE) install EXTRAS=cpu,dev,ref
-	$(PY) -m benchmarks.run_all
+	$(MAKE) install EXTRAS=cpu,dev,text,dist,ref
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-gpu12 .venv-gpu13 outputs multirun .pytest_cache $(CUDA_OUT)

