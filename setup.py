@@ -62,7 +62,8 @@ setup(
         # LocalCUDACluster (one worker per GPU); installs only where CUDA is (it pulls RAPIDS' pinned dask).
         "dist-cuda": ["dask-cuda>=24.0"],
         # The reference `learnware` package, only as a side-by-side baseline in benchmarks.
-        "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1"],
+        # torch-optimizer (+ pytorch-ranger, which it imports): the reference image spec's AdaBelief fit.
+        "ref": ["learnware>=0.4", "fast_pytorch_kmeans==0.2.0.1", "torch-optimizer>=0.3", "pytorch-ranger>=0.1"],
     },
     entry_points={
         "console_scripts": [

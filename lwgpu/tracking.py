@@ -96,6 +96,12 @@ class Results:
         for name, (value, unit) in metrics.items():
             self.add(name, value, unit, **tags)
 
+    def attach(self, columns: Mapping[str, Any]) -> None:
+        """Add the same ``columns`` to every row so far (e.g. the run's energy record,
+        :data:`lwgpu.eval.energy.ENERGY_COLUMNS`: ``energy_kwh``, ``co2_kg``, ``cpu_s``, ``gpu_s``, ``energy_source``)."""
+        for row in self.rows:
+            row.update({k: _plain(v) for k, v in columns.items()})
+
     def extend(self, other: "Results") -> None:
         self.rows.extend(other.rows)
 

@@ -80,7 +80,18 @@ def run(cfg: DictConfig, out_dir: str | os.PathLike) -> dict[str, Any]:
     tracker = instantiate(log_cfg)
     tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
     try:
-        results = run_study(cfg)
+        energy_cfg = cfg.get("energy") or {}
+        if energy_cfg.get("enabled", True):  # every row carries the run's energy, CO2-eq, CPU and GPU seconds
+            from ..device import resolve_device
+            from ..eval.energy import EnergyMeter
+
+            meter = EnergyMeter.from_config(OmegaConf.to_container(energy_cfg, resolve=True) if energy_cfg else {},
+                                            device=str(resolve_device(cfg.get("device", "auto"))))
+            with meter:
+                results = run_study(cfg)
+            results.attach({**meter.record.columns(), "energy_scope": "run"})
+        else:
+            results = run_study(cfg)
         jsonl, csv = results.write(out)
         plots = make_plots(cfg, results, out)
         tracker.log_results(results)

@@ -23,6 +23,7 @@ import torch
 
 from .. import settings
 from ..device import resolve_device, resolve_dtype
+from ..fsutil import apply_file_mode
 from ..kernels import backend as kernel_backend  # a module alias: lwgpu.kernels imports lwgpu.spec.validation
 from ..kernels.torch_backend import gaussian_kernel
 from .fit import fit_arrays
@@ -59,6 +60,7 @@ class RKME:
         num_points: int = 0,
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = "cpu",
+        privacy: dict[str, Any] | None = None,
     ) -> None:
         dt = resolve_dtype(dtype)
         dev = resolve_device(device)
@@ -76,6 +78,9 @@ class RKME:
         self.gamma: float = check_gamma(gamma)
         self.num_points: int = int(num_points)
         self._self_inner: float | None = None
+        #: The differential-privacy record of a private spec (epsilon, delta, mechanism, sigma, ...;
+        #: :mod:`lwgpu.spec.privacy`), None for a plain spec.
+        self.privacy: dict[str, Any] | None = dict(privacy) if privacy else None
 
     # ------------------------------------------------------------------ shape & device
     @property
@@ -100,7 +105,8 @@ class RKME:
         """A copy on ``device`` (default: current) in ``dtype`` (default: current)."""
         dev = self.device if device is None else resolve_device(device)
         dt = self.dtype if dtype is None else resolve_dtype(dtype)
-        return RKME(self.z.to(dev, dt), self.beta.to(dev, dt), self.gamma, self.num_points, dtype=dt, device=dev)
+        return RKME(self.z.to(dev, dt), self.beta.to(dev, dt), self.gamma, self.num_points, dtype=dt, device=dev,
+                    privacy=self.privacy)
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """``(z, beta)`` as numpy arrays on the CPU."""
@@ -198,9 +204,26 @@ class RKME:
         seed: int = 0,
         dtype: str | torch.dtype | None = None,
         nan_policy: str = "raise",
+        privacy: tuple[float, float] | None = None,
         **options: Any,
     ) -> "RKME":
-        """Fit an RKME of ``K`` points to data X (n, d); see :mod:`lwgpu.spec.fit` for the optimiser."""
+        """Fit an RKME of ``K`` points to data X (n, d); see :mod:`lwgpu.spec.fit` for the optimiser.
+
+        ``privacy=(epsilon, delta)`` fits an (epsilon, delta)-differentially private spec instead
+        (:func:`lwgpu.spec.privacy.fit_private_arrays`; options ``features``, ``mechanism``, ``domain``,
+        ``noise_seed``); its budget is kept in ``spec.privacy`` and in the saved JSON.
+        """
+        if privacy is not None:
+            from .privacy import fit_private_arrays  # noqa: PLC0415
+
+            try:
+                epsilon, delta = privacy
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"privacy must be a pair (epsilon, delta), got {privacy!r}") from exc
+            z, beta, n, record = fit_private_arrays(X, float(epsilon), float(delta), K=K, gamma=gamma, seed=seed,
+                                                    nan_policy=nan_policy, **options)
+            dev = resolve_device(device)
+            return cls(z, beta, gamma=gamma, num_points=n, dtype=dtype, device=dev, privacy=record)
         return cls.fit_many([X], K=K, gamma=gamma, steps=steps, device=device, seed=seed, dtype=dtype,
                             nan_policy=nan_policy, **options)[0]
 
@@ -226,6 +249,54 @@ class RKME:
                             nan_policy=nan_policy, **options)
         return [cls(z, beta, gamma=gamma, num_points=n, dtype=z.dtype, device=z.device) for z, beta, n in fitted]
 
+    @classmethod
+    def fit_stream(
+        cls,
+        source: Any,
+        K: int = settings.K,
+        gamma: float = settings.GAMMA,
+        chunk_rows: int | None = None,
+        steps_per_chunk: int | None = None,
+        passes: int = 1,
+        seed: int = 0,
+        columns: Sequence[str] | None = None,
+        nan_policy: str = "raise",
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> "RKME":
+        """Fit an RKME to rows streamed in chunks: an iterable of (c_i, d) arrays, a 2-D array or
+        ``np.memmap``, or a ``.npy`` / ``.csv`` / ``.parquet`` path; memory is one chunk plus the spec.
+
+        See :func:`lwgpu.spec.stream.fit_stream_arrays` (``passes=2`` re-reads the data for an exact beta).
+        """
+        from . import stream  # noqa: PLC0415
+
+        z, beta, n = stream.fit_stream_arrays(
+            source, K=K, gamma=gamma, chunk_rows=chunk_rows or stream.DEFAULT_CHUNK_ROWS,
+            steps_per_chunk=stream.DEFAULT_STEPS_PER_CHUNK if steps_per_chunk is None else steps_per_chunk,
+            passes=passes, seed=seed, columns=columns, nan_policy=nan_policy)
+        return cls(z, beta, gamma=gamma, num_points=n, dtype=dtype, device=device)
+
+    def merge(self, other: "RKME", n_self: int | None = None, n_other: int | None = None, K: int | None = None,
+              steps: int = 10, seed: int = 0) -> "RKME":
+        """The spec of the union of two datasets: ``(n_self A + n_other B) / (n_self + n_other)`` reduced
+        back to ``K`` points (default: the larger K). Counts default to each spec's ``num_points``."""
+        from .stream import merge_arrays  # noqa: PLC0415
+
+        self._check_compatible(other)
+        n_a = self.num_points if n_self is None else int(n_self)
+        n_b = other.num_points if n_other is None else int(n_other)
+        z, beta = merge_arrays(self.z, self.beta, n_a, other.z, other.beta, n_b, self.gamma, K=K, steps=steps,
+                               seed=seed)
+        return RKME(z, beta, gamma=self.gamma, num_points=n_a + n_b, dtype=self.dtype, device=self.device)
+
+    def update(self, X_new: Any, n_self: int | None = None, steps: int = 10, seed: int = 0,
+               **fit_options: Any) -> "RKME":
+        """This spec after its dataset grew by the rows X_new (n_new, d): fit X_new (``RKME.fit`` with
+        this spec's K and gamma, ``fit_options`` passed on) and :meth:`merge` by row counts."""
+        new = RKME.fit(X_new, K=self.K, gamma=self.gamma, device="cpu", seed=seed, dtype="float64", **fit_options)
+        return self.merge(new, n_self=n_self, n_other=new.num_points, K=self.K, steps=steps, seed=seed)
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         """The reference package's JSON layout (``type``, ``z``, ``beta``, ``gamma``, ``num_points``)."""
@@ -236,6 +307,7 @@ class RKME:
             "beta": beta.astype(np.float64).tolist(),
             "gamma": self.gamma,
             "num_points": self.num_points,
+            **({"privacy": self.privacy} if self.privacy else {}),
         }
 
     @classmethod
@@ -251,7 +323,7 @@ class RKME:
         if z.ndim > 2:  # reference image specs keep the image shape; table specs are (K, d)
             z = z.reshape(z.shape[0], -1)
         return cls(z, np.asarray(obj["beta"], np.float64), float(obj["gamma"]), int(obj.get("num_points", 0)),
-                   dtype=dtype, device=device)
+                   dtype=dtype, device=device, privacy=obj.get("privacy"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON in the reference package's format, atomically (temp file + rename)."""
@@ -260,6 +332,7 @@ class RKME:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                apply_file_mode(fh.fileno())  # mkstemp makes 0o600; the spec gets 0o666 & ~umask as open() gives
                 json.dump(self.to_dict(), fh, separators=(",", ":"))
             os.replace(tmp, path)
         except BaseException:
