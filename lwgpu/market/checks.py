@@ -124,7 +124,8 @@ def _finite_self_inner(spec: Any, beta: np.ndarray) -> bool:
     from ..spec.io import IMAGE_TYPE, spec_type
 
     if spec_type(spec) != IMAGE_TYPE:
-        bound = float(np.abs(beta.astype(np.float64)).sum()) ** 2
+        total = float(np.abs(beta.astype(np.float64)).sum())
+        bound = total * total  # inf on overflow (``**`` would raise)
         if math.isfinite(bound):
             return True
     self_inner = spec.self_inner if hasattr(spec, "self_inner") else spec.inner(spec)

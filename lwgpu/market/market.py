@@ -36,12 +36,12 @@ from ..spec.validation import same_gamma
 from .archive import PackageLimits
 from .banks import BankSet, bank_key, spec_tag
 from .checks import SubmissionError
-from .ingest import Staged, as_semantic, chunks, progress_bar, stage_objects, stage_packages
+from .ingest import Staged, as_semantic, chunks, progress_bar, serial_kernels, stage_objects, stage_packages
 from .learnware import Learnware
 from .locks import RWLock, staging_dir
 from .reconcile import reconcile_files
 from .store import Store
-from .worker import WorkerLimits, close_workers, isolation
+from .worker import WorkerLimits, close_workers, isolation, prepare_spare
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ class Market:
                     staged = stage_packages(paths[s:e], sems[s:e], Path(tmp), self.gamma, self.check_samples,
                                             self.limits, max_workers=max_workers, package_limits=self.package_limits)
                     out.extend(self._commit(staged))
+                prepare_spare(self.limits)  # the next package's worker, set up once this batch is stored
                 bar.update(e - s)
         return out
 
@@ -261,7 +262,8 @@ class Market:
                 return out
             items = [staged[i] for i in keep]
             ids = self._insert(items)
-            self._banks.add_many(ids, [st.rkme for st in items])
+            with serial_kernels(len(items)):  # a small batch: no thread-pool wake-up for microseconds of work
+                self._banks.add_many(ids, [st.rkme for st in items])
             for i, new in zip(keep, ids):
                 out[i] = int(new)
             self._count_change(len(ids))

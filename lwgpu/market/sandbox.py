@@ -14,6 +14,8 @@ files in the scratch folder); the child answers on its original stdout with a JS
 optional ``.npy`` payload (its stdout proper is redirected to stderr, so prints cannot corrupt
 replies). The parent only ever parses ``json`` and ``np.load(..., allow_pickle=False)`` from the
 child, reads at most ``max_output_bytes``, and keeps the last 64 KiB of its stderr for errors.
+Replies are read by the requesting thread itself (``poll`` with the request's deadline, no reader
+thread in between); :meth:`WorkerProcess.request_many` writes several requests before reading.
 
 The child's side is :mod:`lwgpu.market.worker_child`, run as a script. This is the *cold* path
 (``WorkerLimits(warm=False)``); the default *warm* path forks each worker from a pristine zygote
@@ -27,7 +29,7 @@ import io
 import json
 import logging
 import os
-import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -247,7 +249,8 @@ class WorkerProcess:
         self.cpu_used = 0.0
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
-        self._replies: queue.Queue[Any] = queue.Queue()
+        self._buf = bytearray()  # reply bytes read from the worker, not yet parsed
+        self._eof = False
         self._lock = threading.Lock()
         self.warm = proc is not None
         if proc is None:
@@ -255,7 +258,8 @@ class WorkerProcess:
         else:
             self.pid_ns = False
         self.proc = proc
-        threading.Thread(target=self._read_replies, daemon=True).start()
+        self._poll = select.poll()  # replies are read by the requesting thread itself (no reader-thread hop)
+        self._poll.register(self.proc.stdout.fileno(), select.POLLIN)
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._err_thread.start()
 
@@ -274,27 +278,52 @@ class WorkerProcess:
                                 start_new_session=True, close_fds=True)
 
     # -- readers
-    def _read_replies(self) -> None:
-        f = self.proc.stdout
+    def _fill(self, deadline: float, want: int = 1 << 16) -> bool:
+        """Read what the worker has written (up to ``want`` bytes) into the buffer, waiting until
+        ``deadline`` at most; False on timeout. Sets ``_eof`` when the worker closed its end."""
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not self._poll.poll(wait * 1000.0):
+            return False
         try:
-            while True:
-                line = f.readline(_HEADER_MAX)
-                if not line:
-                    break
-                hdr = json.loads(line) if line.endswith(b"\n") else None
-                n = hdr.get("nbytes", 0) if isinstance(hdr, dict) else None
-                if not isinstance(n, int) or not 0 <= n <= self.limits.max_output_bytes:
-                    self._replies.put(("bad", f"a malformed or oversized reply ({line[:80]!r})"))
-                    return
-                payload = f.read(n) if n else b""
-                if len(payload) < n:
-                    break
-                self._replies.put((hdr, payload))
-        except (ValueError, OSError) as exc:
-            self._replies.put(("bad", f"a malformed reply ({exc})"))
-        finally:
-            self._replies.put(None)
-            f.close()
+            chunk = os.read(self.proc.stdout.fileno(), max(1 << 16, want))
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._buf += chunk
+        else:
+            self._eof = True
+        return True
+
+    def _next_reply(self, deadline: float) -> Any:
+        """The next reply ``(header, payload)``; ``("bad", why)`` for a malformed one, None once the
+        worker has closed its reply channel, ``"timeout"`` past ``deadline``."""
+        while True:
+            end = self._buf.find(b"\n", 0, _HEADER_MAX)
+            if end >= 0:
+                break
+            if len(self._buf) >= _HEADER_MAX:
+                return "bad", f"a malformed or oversized reply ({bytes(self._buf[:80])!r})"
+            if self._eof:
+                return None
+            if not self._fill(deadline):
+                return "timeout"
+        line = bytes(self._buf[:end + 1])
+        try:
+            hdr = json.loads(line)
+        except ValueError as exc:
+            return "bad", f"a malformed reply ({exc})"
+        n = hdr.get("nbytes", 0) if isinstance(hdr, dict) else None
+        if not isinstance(n, int) or not 0 <= n <= self.limits.max_output_bytes:
+            return "bad", f"a malformed or oversized reply ({line[:80]!r})"
+        need = end + 1 + n
+        while len(self._buf) < need:
+            if self._eof:
+                return None
+            if not self._fill(deadline, need - len(self._buf)):
+                return "timeout"
+        payload = bytes(self._buf[end + 1:need])
+        del self._buf[:need]
+        return hdr, payload
 
     def _read_stderr(self) -> None:
         try:
@@ -324,23 +353,57 @@ class WorkerProcess:
                 self.proc.stdin.flush()
             except OSError:
                 pass  # the worker is gone; its exit status tells why below
-            try:
-                reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                self.kill()
-                raise self._error(stage, f"timed out after {timeout:g} s (wall-clock limit)") from None
-            if reply is None:
-                self._replies.put(None)
-                raise self._error(stage, self._exit_reason(deadline, timeout))
-            hdr, payload = reply
-            if hdr == "bad":
-                self.kill()
-                raise self._error(stage, f"the worker sent {payload}")
-            if isinstance(hdr.get("cpu"), (int, float)):
-                self.cpu_used = float(hdr["cpu"])
-            if not hdr.get("ok"):
-                raise WorkerError(stage, str(hdr.get("error", "unknown error"))[:4000], self.stderr_tail(), raised=True)
-            return hdr, payload
+            return self._reply(stage, deadline, timeout)
+
+    def request_many(self, requests: list[Any], timeout: float | None = None) -> list[tuple[dict, bytes]]:
+        """Send several requests without waiting between them (the worker reads them in turn), then
+        read their replies in order: one round trip instead of one per request.
+
+        Each item is ``(header, stage)``, or a callable returning one or None (nothing to send) that
+        runs after the earlier requests are written, so the caller can prepare a request while the
+        worker works on the earlier ones. Each reply is waited for ``timeout`` after its request was
+        written (or after the previous reply came, whichever is later). Raises :class:`WorkerError` with
+        the ``stage`` of the first request that failed (the later replies are left unread: close the
+        worker); an exception of a callable propagates (close the worker too).
+        """
+        timeout = self.limits.timeout_s if timeout is None else timeout
+        with self._lock:
+            sent: list[tuple[str, float]] = []
+            for item in requests:
+                item = item() if callable(item) else item
+                if item is None:
+                    continue
+                header, stage = item
+                try:
+                    self.proc.stdin.write(json.dumps(header).encode() + b"\n")
+                    self.proc.stdin.flush()
+                except OSError:
+                    pass  # the worker is gone; its exit status tells why below
+                sent.append((stage, time.monotonic()))
+            out: list[tuple[dict, bytes]] = []
+            last = 0.0
+            for stage, t_sent in sent:
+                out.append(self._reply(stage, max(t_sent, last) + timeout, timeout))
+                last = time.monotonic()
+            return out
+
+    def _reply(self, stage: str, deadline: float, timeout: float) -> tuple[dict, bytes]:
+        """The next reply (see :meth:`request`), waited for until ``deadline``."""
+        reply = self._next_reply(deadline)
+        if reply == "timeout":
+            self.kill()
+            raise self._error(stage, f"timed out after {timeout:g} s (wall-clock limit)")
+        if reply is None:
+            raise self._error(stage, self._exit_reason(deadline, timeout))
+        hdr, payload = reply
+        if hdr == "bad":
+            self.kill()
+            raise self._error(stage, f"the worker sent {payload}")
+        if isinstance(hdr.get("cpu"), (int, float)):
+            self.cpu_used = float(hdr["cpu"])
+        if not hdr.get("ok"):
+            raise WorkerError(stage, str(hdr.get("error", "unknown error"))[:4000], self.stderr_tail(), raised=True)
+        return hdr, payload
 
     def _error(self, stage: str, reason: str) -> WorkerError:
         self._err_thread.join(timeout=1.0)
@@ -387,7 +450,12 @@ class WorkerProcess:
             self.proc.wait(timeout=2)
         except (OSError, subprocess.TimeoutExpired):
             pass
-        self.kill()  # the reader threads close stdout/stderr at EOF (closing them here could block)
+        self.kill()  # the stderr reader thread closes stderr at EOF (closing it here could block)
+        with self._lock:  # replies are read only under this lock, so nothing reads stdout now
+            try:
+                self.proc.stdout.close()
+            except OSError:
+                pass
 
 
 def decode_array(payload: bytes) -> np.ndarray:

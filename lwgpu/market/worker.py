@@ -4,7 +4,11 @@ Each package gets its own fresh worker working on its own scratch copy of the pa
 forked from a warm zygote already inside the sandbox (:mod:`lwgpu.market.zygote`), with
 ``WorkerLimits(warm=False)`` (or where no zygote works) a fresh interpreter
 (:mod:`lwgpu.market.sandbox` describes the isolation and the protocol). No worker ever serves two
-packages, so nothing carries over between submitters. Entry points:
+packages, so nothing carries over between submitters. A check takes the zygote's *spare* worker
+(forked and set up ahead, before its package is known; :func:`lwgpu.market.zygote.take_spare`),
+copies the package into its scratch folder, writes ``load`` and ``predict`` in one round trip
+(the check rows are herded here meanwhile) and leaves the worker's end to a background reaper.
+Entry points:
 
 - :func:`check_model_isolated` - the ``model_load`` and ``model_predict`` checks, with the semantics
   of :func:`lwgpu.market.checks.check_model` (raises :class:`~lwgpu.market.checks.SubmissionError`);
@@ -37,8 +41,8 @@ from .sandbox import WorkerError, WorkerLimits, WorkerProcess, decode_array, iso
 from .zygote import close_zygotes, new_scratch, prespawn, spawn_worker, take_spare
 
 __all__ = ["WorkerLimits", "WorkerError", "IsolatedModel", "ModelCheckJob", "check_model_isolated",
-           "check_many", "predict_isolated", "model_info_isolated", "close_workers", "isolation",
-           "isolation_info"]
+           "check_many", "predict_isolated", "model_info_isolated", "prepare_spare", "close_workers",
+           "isolation", "isolation_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +113,6 @@ class IsolatedModel:
         except BaseException:
             self.close()
             raise
-        if warm:
-            prespawn(self.limits)  # the next package's worker, set up while this one works
 
     def __enter__(self) -> "IsolatedModel":
         return self
@@ -188,12 +190,21 @@ class IsolatedModel:
             path.unlink(missing_ok=True)
         return self._decode(payload)
 
-    def close(self, wait: bool = True) -> None:
+    def close(self, wait: bool = True, spare_next: bool = True) -> None:
         """Stop the worker and delete its scratch folder; ``wait=False`` leaves both to a background
-        reaper (the worker gets EOF now and is killed if it has not exited within 2 s)."""
+        reaper (the worker gets EOF now and is killed if it has not exited within 2 s). ``spare_next``:
+        a warm worker's end starts the setting up of the next spare worker (on another thread): after
+        this one's work, so the two do not compete for the CPU, and before the caller's next package,
+        so its set-up overlaps the caller's own work (a market's commit)."""
+        if self.limits.warm and spare_next:
+            prespawn(self.limits)
         if not wait:
             _REAPER.put(self)
-            return
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
+        """End the worker (EOF, then SIGKILL after 2 s) and delete its scratch folder, waiting for both."""
         proc = getattr(self, "proc", None)
         if proc is not None:
             proc.close()
@@ -231,7 +242,7 @@ class _Reaper:
         while True:
             model = self._queue.get()
             try:
-                model.close()
+                model._stop()
             except Exception:  # noqa: BLE001 - a failed cleanup must not stop the reaper
                 logger.exception("cannot stop an isolated worker")
             with self._lock:
@@ -287,7 +298,7 @@ def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Map
             what = "" if exc.stage == "model_load" else "predict"
             raise SubmissionError(exc.stage, _reason(exc, limits, what)) from exc
     finally:
-        model.close(wait=False)  # the worker's end and its scratch folder's removal are off the critical path
+        model.close(wait=False)  # its end and scratch removal off the critical path; the next spare forked
     if herd_error:
         raise SubmissionError("rkme", f"cannot draw samples from the RKME: {herd_error[0]}") from herd_error[0]
     check_output(out, n_samples, dict(semantic))
@@ -386,6 +397,15 @@ class _KeptWorkers:
 _KEPT = _KeptWorkers()
 atexit.register(_KEPT.close)
 atexit.register(_REAPER.drain, 10.0)  # runs before the zygotes' own atexit (registered earlier) kills them
+
+
+def prepare_spare(limits: WorkerLimits | None = None) -> None:
+    """Set up a spare worker for ``limits`` in the background unless one is ready or being set up
+    (warm workers only); the market calls it after each batch, e.g. for the first warm worker or after
+    a check that never started one."""
+    limits = limits or WorkerLimits()
+    if limits.warm:
+        prespawn(limits)
 
 
 def close_workers() -> None:

@@ -27,6 +27,13 @@ retired (it exits once its workers have) and replaced. Before a zygote is used, 
 checks that its worker sees only itself and its own folder; where the namespaces are not available
 (no user namespaces, a locked ``/proc``), the zygote is refused and workers start cold.
 
+Spare workers: after each warm worker is handed out, the next one is forked in the background (on
+the zygote-starting thread) and set up completely (namespaces, mounts, capabilities dropped,
+rlimits, a warm-up of trusted request code) before its package is known; the next package takes it
+(:func:`take_spare`) if it was forked with the same limits and after the modules it needs were
+preloaded, from a zygote not due for replacement. A spare serves one package, like any worker.
+``LWGPU_SPARE_WORKERS=0`` turns them off.
+
 Residual risks, compared with a cold worker (one sandbox per package): docs/isolation.md.
 """
 from __future__ import annotations
@@ -136,6 +143,7 @@ class Zygote:
         self._ids = itertools.count(1)
         self._pending: dict[int, queue.Queue] = {}
         self._children: dict[int, ZygoteProc] = {}
+        self._spares: dict[int, ZygoteProc] = {}  # forked ahead, not yet given a package (see take_spare)
         self._lock = threading.Lock()
         self._tail: deque[str] = deque(maxlen=50)
         root = str(scratch_root())
@@ -217,16 +225,18 @@ class Zygote:
                     slot.put(msg)
             elif op == "exited":
                 with self._lock:
-                    child = self._children.pop(msg["id"], None)
+                    child = self._children.pop(msg["id"], None) or self._spares.pop(msg["id"], None)
                 if child is not None:
                     child._exited(msg["status"])
             elif op == "preloaded" and msg.get("threads", 1) > 1:
                 logger.warning("the %s zygote runs %s threads after preloading", self.kind, msg["threads"])
         with self._lock:
             self.dead = True
-            pending, children = list(self._pending.values()), list(self._children.values())
+            pending = list(self._pending.values())
+            children = [*self._children.values(), *self._spares.values()]
             self._pending.clear()
             self._children.clear()
+            self._spares.clear()
         self._hello.put(None)
         for slot in pending:
             slot.put({"error": f"the zygote died: {self.stderr_tail()}"})
@@ -246,10 +256,17 @@ class Zygote:
         return (self.dead or self.proc.poll() is not None or self.forks >= MAX_FORKS
                 or time.monotonic() - self.started > MAX_AGE_S)
 
+    def adopt(self, child: ZygoteProc) -> None:
+        """A spare worker (``spawn(..., spare=True)``) now serves a package: count it among the children."""
+        with self._lock:
+            if self._spares.pop(child.rid, None) is not None:
+                self._children[child.rid] = child
+
     def spawn(self, scratch: Path, limits: WorkerLimits | None = None, preload: Sequence[str] = (),
-              probe: bool = False) -> ZygoteProc:
+              probe: bool = False, spare: bool = False) -> ZygoteProc:
         """Fork a worker for ``scratch`` (a :func:`new_scratch` folder) that sets the rlimits of ``limits``
-        (default: the zygote's). Raises :class:`ZygoteUnavailable`."""
+        (default: the zygote's); ``spare``: kept apart from the children until :meth:`adopt`. Raises
+        :class:`ZygoteUnavailable`."""
         (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
         rid, slot = next(self._ids), queue.Queue(1)
         child = ZygoteProc(self, rid, os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
@@ -261,10 +278,12 @@ class Zygote:
                 if todo:
                     self.send({"op": "preload", "modules": todo})
                     self.preloaded.update(todo)
-                self._pending[rid], self._children[rid] = slot, child
+                self._pending[rid] = slot
+                (self._spares if spare else self._children)[rid] = child
                 self.send({"op": "fork", "id": rid}, [in_r, out_w, err_w])
                 self.forks += 1
-            init = {"scratch": str(scratch), "limits": asdict(limits or self.limits), "probe": probe}
+            init = {"scratch": str(scratch), "limits": asdict(limits or self.limits), "probe": probe,
+                    "warm_up": spare}
             child.stdin.write(json.dumps(init).encode() + b"\n")
             child.stdin.flush()
             reply = slot.get(timeout=START_TIMEOUT_S)
@@ -278,6 +297,7 @@ class Zygote:
         if "error" in reply:
             with self._lock:
                 self._children.pop(rid, None)
+                self._spares.pop(rid, None)
             for f in (child.stdin, child.stdout, child.stderr):
                 f.close()
             raise ZygoteUnavailable(f"the zygote could not fork: {reply['error']}")
@@ -330,12 +350,7 @@ _SPAWNER: dict[int, ThreadPoolExecutor] = {}
 
 
 def _start_zygote(key: tuple) -> Zygote:
-    pid = os.getpid()
-    with _POOL_LOCK:
-        ex = _SPAWNER.get(pid)
-        if ex is None:
-            ex = _SPAWNER[pid] = ThreadPoolExecutor(1, thread_name_prefix="lwgpu-zygote-spawner")
-    return ex.submit(Zygote, *key).result()
+    return _spawner().submit(Zygote, *key).result()
 
 
 def _zygote(key: tuple) -> Zygote:
@@ -349,6 +364,7 @@ def _zygote(key: tuple) -> Zygote:
                 _POOL.pop(pool_key, None)
                 _RETIRED[:] = [r for r in _RETIRED if not r.dead] + [z]
             z.retire()
+            _drop_spares(z)  # the retired zygote exits once its workers have
             z = None
         if z is None:
             z = _start_zygote(key)
@@ -389,8 +405,145 @@ def spawn_worker(scratch: Path, limits: WorkerLimits, preload: Sequence[str] = (
     return None
 
 
+# ---------------------------------------------------------------------------- spare workers
+#: Keep one forked, set-up and never used worker per zygote ready (its namespaces, mounts, dropped
+#: capabilities and reader threads done), so a submission does not wait for that set-up. Single-use:
+#: a spare serves exactly one package, then the next spare is forked from the pristine zygote.
+SPARE_WORKERS = os.environ.get("LWGPU_SPARE_WORKERS", "1").lower() not in ("0", "false", "no", "off")
+_SPARES: dict[tuple, tuple[WorkerLimits, frozenset, Path, Any, Zygote]] = {}
+_SPARE_LOCK = threading.Lock()
+SPARE_WAIT_S = 2.0  # the longest a taker waits for a spare being forked before forking its own
+_SPARE_PENDING: dict[tuple, tuple[WorkerLimits, Any]] = {}  # pool key -> (limits, Future) of a spare being forked
+
+
+def _spawner() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    with _POOL_LOCK:
+        ex = _SPAWNER.get(pid)
+        if ex is None:
+            ex = _SPAWNER[pid] = ThreadPoolExecutor(1, thread_name_prefix="lwgpu-zygote-spawner")
+        return ex
+
+
+def _drop_spare(item: tuple) -> None:
+    _, _, scratch, wp, _ = item
+    try:
+        wp.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def take_spare(limits: WorkerLimits, preload: Sequence[str] = ()) -> tuple[Path, Any] | None:
+    """``(scratch, WorkerProcess)`` of the spare worker for ``limits`` when one is ready, alive, forked
+    with the same limits after ``preload`` was imported, and its zygote is not due for replacement;
+    else None (an unfit spare is stopped in the background). A spare of these limits still being forked
+    is waited for (the zygote forks one worker at a time: a fork of our own would queue behind it)."""
+    pool_key = (os.getpid(), _key(limits))
+    with _SPARE_LOCK:
+        item = _SPARES.pop(pool_key, None)
+        pending = _SPARE_PENDING.get(pool_key) if item is None else None
+    if pending is not None and pending[0] == limits:
+        try:
+            pending[1].result(timeout=SPARE_WAIT_S)
+        except Exception:  # noqa: BLE001 - no spare then: the caller forks its own worker
+            return None
+        with _SPARE_LOCK:
+            item = _SPARES.pop(pool_key, None)
+    if item is None:
+        return None
+    lim, pre, scratch, wp, z = item
+    if lim == limits and set(preload) <= pre and not z.worn() and wp.alive():
+        z.adopt(wp.proc)
+        return scratch, wp
+    _background(_drop_spare, item)
+    return None
+
+
+def _background(fn: Any, *args: Any) -> bool:
+    """Run ``fn(*args)`` on the spawner thread; False (nothing run) once the interpreter is shutting down."""
+    try:
+        _spawner().submit(fn, *args)
+        return True
+    except RuntimeError:  # cannot schedule new futures after interpreter shutdown
+        return False
+
+
+def prespawn(limits: WorkerLimits) -> None:
+    """Fork the next spare worker for ``limits`` in the background (from the current zygote only: a
+    missing or worn one is started or replaced on the next :func:`spawn_worker`)."""
+    if not SPARE_WORKERS:
+        return
+    pool_key = (os.getpid(), _key(limits))
+    with _SPARE_LOCK:
+        if pool_key in _SPARE_PENDING or (pool_key in _SPARES and _SPARES[pool_key][0] == limits):
+            return
+        try:
+            future = _spawner().submit(_make_spare, limits)
+        except RuntimeError:  # interpreter shutdown
+            return
+        _SPARE_PENDING[pool_key] = (limits, future)
+    future.add_done_callback(lambda f: _forget_pending(pool_key, f))
+
+
+def _forget_pending(pool_key: tuple, future: Any) -> None:
+    with _SPARE_LOCK:
+        if _SPARE_PENDING.get(pool_key, (None, None))[1] is future:
+            del _SPARE_PENDING[pool_key]
+
+
+def _make_spare(limits: WorkerLimits) -> None:
+    from .sandbox import WorkerProcess
+
+    key = _key(limits)
+    pool_key = (os.getpid(), key)
+    with _SPARE_LOCK:
+        old = _SPARES.get(pool_key)
+        if old is not None and old[0] == limits:
+            return
+    z = _POOL.get(pool_key)
+    if z is None or z.worn() or key in _BROKEN:
+        return
+    scratch = new_scratch()
+    try:
+        with z._lock:
+            pre = frozenset(z.preloaded)
+        wp = WorkerProcess(scratch, limits, z.spawn(scratch, limits, spare=True))
+    except (ZygoteUnavailable, OSError) as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        logger.debug("no spare worker: %s", exc)
+        return
+    item = (limits, pre, scratch, wp, z)
+    if _POOL.get(pool_key) is not z or z.worn():  # replaced or due for it meanwhile (or by this fork)
+        _drop_spare(item)
+        return
+    with _SPARE_LOCK:
+        old = _SPARES.pop(pool_key, None)
+        _SPARES[pool_key] = item
+    if old is not None:
+        _drop_spare(old)
+
+
+def _drop_spares(zygote: Zygote | None = None) -> None:
+    """Stop this process's spare workers (those of ``zygote`` only, when given)."""
+    with _SPARE_LOCK:
+        keys = [k for k, item in _SPARES.items() if k[0] == os.getpid() and zygote in (None, item[4])]
+        items = [_SPARES.pop(k) for k in keys]
+    for item in items:
+        try:
+            _drop_spare(item)
+        except Exception:  # noqa: BLE001 - its zygote is killed next anyway
+            pass
+
+
 def close_zygotes() -> None:
     """Stop every zygote of this process (and the workers they forked)."""
+    ex = _SPAWNER.get(os.getpid())
+    if ex is not None:
+        try:
+            ex.submit(lambda: None).result(timeout=START_TIMEOUT_S)  # a spare being forked is in the table now
+        except (RuntimeError, TimeoutError):
+            pass
+    _drop_spares()
     with _POOL_LOCK:
         zs = [z for z in (*_POOL.values(), *_RETIRED) if z.owner == os.getpid()]
         _POOL.clear()

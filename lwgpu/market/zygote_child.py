@@ -7,15 +7,17 @@ message): ``fork`` (with the worker's stdin, reply and stderr fds attached) answ
 It says ``hello`` (``threads``, ``pid``) once ready. Each fork runs as:
 
 - *A*, PID 1 of a new PID namespace, with new mount, network, IPC and UTS namespaces: it reads
-  ``{"scratch": ..., "limits": ...}`` from the worker's stdin, covers ``/tmp``, ``/dev/shm``, the hidden paths and
-  the scratch root with fresh tmpfs, binds back only its own scratch folder (and the interpreter if
-  it lived under a covered path), makes every other mount read-only (``/dev`` included; the whole
-  host file system for the subprocess kind), mounts a fresh read-only ``/proc``, forks
-  *B*, and reports B's wait status on a pipe to the zygote when B ends (which ends the namespace);
+  ``{"scratch": ..., "limits": ..., "warm_up": ...}`` from the worker's stdin, covers ``/tmp``,
+  ``/dev/shm``, the hidden paths and the scratch root with fresh tmpfs, binds back only its own
+  scratch folder (and the interpreter if it lived under a covered path), makes every other mount
+  read-only (``/dev`` included; the whole host file system for the subprocess kind), mounts a fresh
+  read-only ``/proc``, forks *B*, and reports B's wait status on a pipe to the zygote when B ends
+  (which ends the namespace);
 - *B*, PID 2: drops every capability (bounding, ambient, effective/permitted, no-new-privs), sets
-  its resource limits, and serves the requests like a cold worker (or, when the setup line says
-  ``"probe": true``, checks that it sees only itself and its own folder, which the parent runs once
-  per zygote before trusting it).
+  its resource limits, (a spare worker, ``"warm_up": true``, forked before its package is known:
+  runs trusted request code paths once, :func:`_warm_up`) and serves the requests like a cold
+  worker (or, when the setup line says ``"probe": true``, checks that it sees only itself and its
+  own folder, which the parent runs once per zygote before trusting it).
 
 Stdlib + numpy (+ the modules the parent asks to preload); the request loop of a worker is
 :func:`lwgpu.market.worker_child._serve`, loaded from its file (never ``lwgpu.market``'s ``__init__``).
@@ -129,7 +131,29 @@ def _drop_privileges(last_cap: int) -> None:
         raise RuntimeError(f"capabilities left after dropping them: {caps}")
 
 
-def _run_b(cfg: dict[str, Any], scratch: str, lw_mod: Any, probe: bool) -> None:
+def _warm_up(lw_mod: Any) -> None:
+    """A spare worker, before any package is in its folder: run the trusted code paths of a request once
+    (JSON, compiling and running a small module, ``.npy`` in and out, ``getrusage``) so their pages are
+    copied from the zygote now rather than on the first request. Nothing is written or kept."""
+    import io
+    import resource
+
+    import numpy as np
+
+    json.loads(json.dumps({"op": "load", "folder": "/", "model": {"kind": "python"}}))
+    code = compile("import os\nimport numpy as np\n\nclass Model:\n    def __init__(self, **kw):\n"
+                   "        self.w = np.zeros((2, 2))\n\n    def predict(self, X):\n"
+                   "        return np.asarray(X) @ self.w\n", "<warm-up>", "exec")
+    ns: dict[str, Any] = {"__name__": "_lwgpu_warm_up"}
+    exec(code, ns)
+    buf = io.BytesIO()
+    np.save(buf, ns["Model"]().predict(np.zeros((3, 2), np.float32)), allow_pickle=False)
+    np.load(io.BytesIO(buf.getvalue()), allow_pickle=False)
+    lw_mod._to_numpy(np.zeros(3))
+    resource.getrusage(resource.RUSAGE_SELF)
+
+
+def _run_b(cfg: dict[str, Any], scratch: str, lw_mod: Any, probe: bool, warm_up: bool = False) -> None:
     wc._set_pdeathsig()
     os.close(3)  # A's status pipe
     os.setsid()
@@ -146,6 +170,8 @@ def _run_b(cfg: dict[str, Any], scratch: str, lw_mod: Any, probe: bool) -> None:
             raise RuntimeError(f"the worker sees too much: {seen}")
         return
     wc._set_limits(cfg["limits"])
+    if warm_up:
+        _warm_up(lw_mod)
     wc._serve(lw_mod, sys.stdin.buffer, wc._reply_channel())
 
 
@@ -181,7 +207,8 @@ def _run_a(cfg: dict[str, Any], fds: list[int], status_w: int, lw_mod: Any) -> N
     pid = os.fork()
     if pid == 0:
         try:
-            _run_b(dict(cfg, limits=init["limits"]), scratch, lw_mod, bool(init.get("probe")))
+            _run_b(dict(cfg, limits=init["limits"]), scratch, lw_mod, bool(init.get("probe")),
+                   bool(init.get("warm_up")))
             os._exit(0)
         except BaseException:  # noqa: BLE001
             import traceback
