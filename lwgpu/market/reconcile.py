@@ -2,7 +2,8 @@
 
 What a crash can leave, and what :func:`reconcile_files` does with it:
 
-- ``.staging/*``: items of a batch that never committed: removed;
+- ``.staging/*``: items of a batch that never committed: removed, except the folders another process
+  is staging right now (they hold a lock, :func:`~.locks.staging_dir`);
 - ``.trash/<id>``: a deletion whose transaction never committed (the row is still there): moved back;
   otherwise (committed) removed;
 - ``learnwares/<id>`` without a row: folders renamed in by a batch whose transaction rolled back or was
@@ -10,7 +11,8 @@ What a crash can leave, and what :func:`reconcile_files` does with it:
 - a row without its folder (files lost by hand): the row is removed, logged as an error.
 
 One listing of ``learnwares/`` and array set differences against the database's ids: a second or two
-at a million learnwares, no per-learnware file checks.
+at a million learnwares, no per-learnware file checks. The market calls it holding its cross-process
+write lock, so no other process is between renaming folders in and committing their rows.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .locks import reap_staging
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -28,8 +31,7 @@ logger = logging.getLogger(__name__)
 
 def reconcile_files(store: Store, lw_dir: Path, staging: Path, trash: Path) -> tuple[np.ndarray, np.ndarray]:
     """Repair the folders against ``store``; returns the database's ``(ids, input_dims)`` (int64, ascending ids)."""
-    for p in staging.iterdir():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+    reap_staging(staging)  # leftovers of crashed submissions; those in flight in other processes stay
     ids, dims = store.ids_and_dims()
     for p in trash.iterdir():
         if p.name.isdigit() and np.isin(int(p.name), ids) and not (lw_dir / p.name).exists():

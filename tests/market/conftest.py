@@ -1,8 +1,12 @@
-"""Fixtures for market tests: a small digits market (scikit-learn models on class subsets/shifts)."""
+"""Fixtures for market tests: a small digits market (scikit-learn models on class subsets/shifts), and the
+databases a market can use: SQLite, and a real PostgreSQL server started once per session (:mod:`pg_server`)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
+import pg_server
 from lwgpu.market import Market, pack_learnware
 
 N_TASKS = 30
@@ -32,3 +36,26 @@ def digits_market(packages, tmp_path_factory):
     assert all(isinstance(i, int) for i in ids), ids
     yield m, ids
     m.close()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A PostgreSQL server for the session (``.url``, ``.new_database()``): the one at ``LWGPU_TEST_PG_URL``
+    (its user must be allowed to create databases) or one started here; skips saying why when neither works."""
+    if os.environ.get("LWGPU_TEST_PG_URL"):
+        srv = pg_server.ExternalPg(os.environ["LWGPU_TEST_PG_URL"])
+    else:
+        try:
+            srv = pg_server.start()
+        except pg_server.PgUnavailable as exc:
+            pytest.skip(f"no PostgreSQL server for the postgresql tests: {exc}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    """The database of a new market: ``None`` (its own SQLite ``market.db``) or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg").new_database()

@@ -1,20 +1,18 @@
 """The database semantic filter (Store.filter_ids) against the in-memory filter_semantic, bulk insert,
 removal, and the upgrade of a version-1 database.
 
-Every test runs on SQLite; with ``LWGPU_TEST_PG_URL`` set to a PostgreSQL server URL whose user may
-create databases (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``) they run there too.
+Every test runs on SQLite and on PostgreSQL: a server the tests start themselves (tests/pg_server.py), or
+the one at ``LWGPU_TEST_PG_URL`` (a URL whose user may create databases, e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 
 import numpy as np
 import pytest
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, text
-from sqlalchemy.engine import make_url
 
 from lwgpu.market.schema import FTS_TABLE, SCHEMA_VERSION
 from lwgpu.market.store import Store
@@ -96,32 +94,13 @@ def _query(rng: np.random.Generator, specs: dict) -> dict:
     return q
 
 
-PG_URL = os.environ.get("LWGPU_TEST_PG_URL")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def new_url(request, tmp_path_factory):
-    """A factory of URLs of new, empty databases of the backend under test."""
+    """A factory of URLs of new, empty databases of the backend under test (PostgreSQL: the session's
+    server from the ``pg`` fixture, started by the tests themselves; skipped saying why if none can be)."""
     if request.param == "sqlite":
-        yield lambda: f"sqlite:///{tmp_path_factory.mktemp('db') / 'm.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("set LWGPU_TEST_PG_URL to run the store tests on PostgreSQL")
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"lwgpu_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        made.append(name)
-        return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-
-    yield make
-    with admin.connect() as c:
-        for name in made:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+        return lambda: f"sqlite:///{tmp_path_factory.mktemp('db') / 'm.db'}"
+    return request.getfixturevalue("pg").new_database
 
 
 def _fts_ok(store: Store) -> None:
