@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio = a / b if higher_better else b / a
             rows.append((work, metric, b, a, ratio))
     lines = [
-        "# Before / after the engine rework (issue 10), side by side",
+        "## Before / after the engine rework (issue 10), side by side",
         "",
         f"- before: `{git_head(before)}`, after: `{git_head(after)}`; each number the median of {args.reps} "
         "fresh processes per side, alternating; torch 2 threads",

@@ -15,7 +15,8 @@ Usage::
     python -m benchmarks.bench_exact_search --quick    # N = 1,000 and 10,000, d = 16 only
     python -m benchmarks.bench_exact_search --gpu      # N = 1,000,000 on a CUDA GPU (cupy + torch)
 
-torch and numba both run with 2 threads (``--threads``).
+lwgpu runs torch and numba on 2 threads (``--threads``); the reference on its faster torch setting (1 thread
+or every core), probed in the same run. Timings are medians of 5 runs on both sides (3 at the largest N).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import common
+
 GAMMA = 0.1
 K = 100
 TOPK = 10
-RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench_exact_search")
 
 
@@ -122,8 +124,8 @@ def make_query(d: int, seed: int):
     return RKME(rng.standard_normal((K, d)), np.full(K, 1.0 / K), GAMMA)
 
 
-def reference_per_spec(bank, query, n_max: int, budget_s: float) -> tuple[float, int]:
-    """Seconds per spec of the reference loop ``q.dist(spec)`` over up to n_max bank specs."""
+def reference_specs(bank, query, n_max: int) -> tuple:
+    """The reference's query and its specs for the first ``n_max`` bank rows (float64 torch tensors)."""
     from learnware.specification import RKMETableSpecification
 
     def ref_spec(z: np.ndarray, beta: np.ndarray) -> RKMETableSpecification:
@@ -134,9 +136,11 @@ def reference_per_spec(bank, query, n_max: int, budget_s: float) -> tuple[float,
 
     q = ref_spec(query.z.numpy(), query.beta.numpy())
     zs, bs = bank.z.numpy(), bank.beta.numpy()
-    specs = [ref_spec(zs[i], bs[i]) for i in range(min(n_max, len(bank)))]
-    for s in specs[:5]:
-        q.dist(s)
+    return q, [ref_spec(zs[i], bs[i]) for i in range(min(n_max, len(bank)))]
+
+
+def reference_pass(q, specs, budget_s: float) -> tuple[float, int]:
+    """One pass of the reference loop ``q.dist(spec)``: (seconds per spec, specs done within ``budget_s``)."""
     t, done = time.perf_counter(), 0
     for s in specs:
         q.dist(s)
@@ -144,6 +148,12 @@ def reference_per_spec(bank, query, n_max: int, budget_s: float) -> tuple[float,
         if time.perf_counter() - t > budget_s:
             break
     return (time.perf_counter() - t) / done, done
+
+
+def reference_per_spec(q, specs, repeats: int, budget_s: float) -> tuple[float, int]:
+    """Median seconds per spec over ``repeats`` passes (each within ``budget_s / repeats``); fewest specs done."""
+    runs = [reference_pass(q, specs, budget_s / repeats) for _ in range(repeats)]
+    return float(np.median([r[0] for r in runs])), min(r[1] for r in runs)
 
 
 _MEM_CHILD = r"""
@@ -193,44 +203,42 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
     backends = ["numba", "torch"]
     for d in dims:
         query = make_query(d, args.seed)
-        per_spec, per_spec_1t, ref_n, ref_threads = None, None, 0, args.threads
+        choice, per_spec, ref_n = None, None, 0
         for n in sizes:
+            reps = common.repeats_at(n, max(sizes))  # the same count on both sides
             t0 = time.perf_counter()
             bank = make_bank(n, d, args.seed)
             build_s = time.perf_counter() - t0
-            if per_spec is None:  # first size: time the reference with 2 threads and with 1
-                per_spec, ref_n = reference_per_spec(bank, query, n, args.ref_budget)
-                torch.set_num_threads(1)  # tiny GEMMs: one thread avoids barrier costs on a busy CPU
-                per_spec_1t, ref_n_1t = reference_per_spec(bank, query, n, args.ref_budget)
-                torch.set_num_threads(args.threads)
-                ref_threads = 1 if per_spec_1t < per_spec else args.threads
-                ref_n = ref_n_1t if ref_threads == 1 else ref_n
-            elif ref_n < n and min(per_spec, per_spec_1t) * n <= args.ref_budget:  # measure at this N too
-                torch.set_num_threads(ref_threads)
-                cost, ref_n = reference_per_spec(bank, query, n, args.ref_budget)
-                torch.set_num_threads(args.threads)
-                if ref_threads == 1:
-                    per_spec_1t = cost
-                else:
-                    per_spec = cost
-            ref_s = min(per_spec, per_spec_1t) * n  # the faster of the two: a conservative ratio
-            ref_measured = ref_n >= n
-            row = {"N": n, "d": d, "K": K, "Kq": K, "build_s": build_s, "bank_MB": bank.nbytes / 2**20,
-                   "ref_s": ref_s, "ref_per_spec_ms": per_spec * 1e3, "ref_per_spec_1t_ms": per_spec_1t * 1e3, "ref_measured_at": ref_n,
-                   "ref_extrapolated": not ref_measured, "bound_s": bound_s(n, K, K, d, args.rates)}
+            if per_spec is None or per_spec * n <= args.ref_budget:  # measure the reference at this N
+                # specs one pass can reach within its share of the budget (all n when the cost is not known yet)
+                reach = n if per_spec is None else min(n, int(2 * args.ref_budget / reps / per_spec) + 100)
+                q_ref, specs = reference_specs(bank, query, reach)
+                for s in specs[:5]:
+                    q_ref.dist(s)  # warm-up
+                if choice is None:  # first size: the reference's faster thread setting, measured now
+                    probe = specs[: min(len(specs), 500)]
+                    # seconds per spec over up to 500 specs (at most 5 s: 2 threads can stall 40x on a busy CPU)
+                    choice = common.pick_reference_threads(lambda: reference_pass(q_ref, probe, 5.0)[0])
+                with common.torch_threads(choice.threads):
+                    per_spec, ref_n = reference_per_spec(q_ref, specs, reps, args.ref_budget)
+                del specs
+            ref_s = per_spec * n
+            row = {"N": n, "d": d, "K": K, "Kq": K, "build_s": build_s, "bank_MB": bank.nbytes / 2**20, "reps": reps,
+                   "ref_s": ref_s, "ref_per_spec_ms": per_spec * 1e3, "ref_threads": choice.threads,
+                   "ref_probe_ms": {k: 1e3 * v for k, v in choice.probe_s.items()}, "ref_measured_at": ref_n,
+                   "ref_extrapolated": ref_n < n, "bound_s": bound_s(n, K, K, d, args.rates)}
             for be in backends:
                 if be == "torch" and n > args.torch_max_n:
                     continue
                 search_exact(bank, query, k=TOPK, backend=be, device="cpu")  # warm-up / JIT
-                reps = 3 if n <= 10_000 else 2
-                t = best_time(lambda: search_exact(bank, query, k=TOPK, backend=be, device="cpu"), reps)
+                t, _, _ = common.median_time(lambda: search_exact(bank, query, k=TOPK, backend=be, device="cpu"), reps)
                 row[f"{be}_s"] = t
                 row[f"{be}_qps"] = 1.0 / t
                 row[f"{be}_x_ref"] = ref_s / t
                 row[f"{be}_x_bound"] = t / row["bound_s"]
                 if be == "numba" and n <= 10_000:
                     qs = [make_query(d, args.seed + 7 + i) for i in range(8)]
-                    tb = best_time(lambda: search_exact(bank, qs, k=TOPK, backend=be, device="cpu"), 2)
+                    tb, _, _ = common.median_time(lambda: search_exact(bank, qs, k=TOPK, backend=be, device="cpu"), reps)
                     row["numba_batch8_qps"] = 8 / tb
                 gc.collect()
                 if n >= 10_000:
@@ -278,9 +286,11 @@ def run_pruned(args: argparse.Namespace) -> list[dict]:
         piv = Pivots(bank, m=16, backend="numba", device="cpu")
         build = time.perf_counter() - t
         search_exact(bank, qs[:1], k=TOPK, backend="numba", device="cpu")
-        full = best_time(lambda: search_exact(bank, qs, k=TOPK, backend="numba", device="cpu"), 2) / len(qs)
-        pruned = best_time(lambda: search_exact(bank, qs, k=TOPK, backend="numba", device="cpu", pivots=piv),
-                           2) / len(qs)
+        reps = common.repeats_at(n, 10_000 if args.quick else 100_000)
+        full = common.median_time(lambda: search_exact(bank, qs, k=TOPK, backend="numba", device="cpu"),
+                                  reps)[0] / len(qs)
+        pruned = common.median_time(lambda: search_exact(bank, qs, k=TOPK, backend="numba", device="cpu",
+                                                         pivots=piv), reps)[0] / len(qs)
         a = search_exact(bank, qs, k=TOPK, backend="numba", device="cpu")
         b = search_exact(bank, qs, k=TOPK, backend="numba", device="cpu", pivots=piv)
         row = {"pruned": True, "N": n, "d": 16, "pivots": 16, "build_s": build, "full_s": full,
@@ -329,14 +339,14 @@ def run_gpu(args: argparse.Namespace) -> list[dict]:
         def timed(fn, reps=5) -> float:
             fn()
             torch.cuda.synchronize()
-            best = float("inf")
+            times = []
             for _ in range(reps):
                 torch.cuda.synchronize()
                 t = time.perf_counter()
                 fn()
                 torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t)
-            return best
+                times.append(time.perf_counter() - t)
+            return float(np.median(times))
 
         read_s = timed(lambda: bank.z.sum())  # one pass over the bank's points
         bw = bank.z.numel() * 4 / read_s
@@ -353,7 +363,7 @@ def run_gpu(args: argparse.Namespace) -> list[dict]:
                "device": torch.cuda.get_device_name(dev)}
         for be, opts in (("cuda", {"accumulate": "float32"}), ("cuda", {"accumulate": "float64"}), ("torch", {})):
             name = be + ("_" + opts["accumulate"] if opts else "")
-            t = timed(lambda: search_exact(bank, query, k=TOPK, backend=be, device=dev, chunk=1 << 20, **opts), 3)
+            t = timed(lambda: search_exact(bank, query, k=TOPK, backend=be, device=dev, chunk=1 << 20, **opts), 5)
             row[f"{name}_s"] = t
             row[f"{name}_x_bound"] = t / row["bound_s"]
         log.info("%s", row)
@@ -371,40 +381,40 @@ def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
 
     r = args.rates
     lines = [
-        "# Exact search throughput (lwgpu.search_exact vs the reference package's dist loop)",
+        "## Exact search throughput (lwgpu.search_exact vs the reference package's dist loop)",
         "",
-        f"- machine: {cpu_name()}, {torch.get_num_threads()} torch threads, {numba.get_num_threads()} numba "
-        f"threads (2-core shared VM; other jobs ran at the same time, so absolute times are noisy; "
-        f"ratios are from the same process)",
-        f"- versions: lwgpu {lwgpu.__version__}, torch {torch.__version__}, numba {numba.__version__}, "
-        f"numpy {np.__version__}, python {platform.python_version()}",
-        f"- command: `python -m benchmarks.bench_exact_search {' '.join(sys.argv[1:])}`",
-        f"- work: one query (Kq = {K} points) against N bank specs (K = {K}), top-{TOPK}, gamma = {GAMMA}, "
+        common.machine_line(),
+        f"- Threads: lwgpu with {torch.get_num_threads()} torch and {numba.get_num_threads()} numba threads; the "
+        "reference with its faster torch setting, probed in this run (a pass over up to 500 specs, at most 5 s, on 1 thread and on every "
+        "core; the column names the winner and both probe costs per spec).",
+        f"- Command: `{common.command('bench_exact_search', args.argv)}`",
+        f"- Work: one query (Kq = {K} points) against N bank specs (K = {K}), top-{TOPK}, gamma = {GAMMA}, "
         "float32 bank, float64 self terms and results",
-        f"- this CPU (microbenchmark): {r['fma_per_s']:.3g} float32 multiply-adds/s (2048^3 GEMM), "
+        f"- Timings: median of {common.REPEATS} runs on both sides ({common.REPEATS_LARGEST} at the largest N); the "
+        "reference's cost per spec is the median over as many passes of its loop, each pass over the specs it "
+        "finishes in its share of the budget, extrapolated as N x per-spec cost beyond that (marked *)",
+        f"- This CPU (microbenchmark, fastest of 5): {r['fma_per_s']:.3g} float32 multiply-adds/s (2048^3 GEMM), "
         f"{r['exp_torch_per_s']:.3g} exp/s (torch.exp, float32)"
         + (f", {r['exp_numba_per_s']:.3g} exp/s (the numba kernel's exp)" if "exp_numba_per_s" in r else ""),
-        "- bound = N * Kq * K * (d / FMA rate + 1 / fastest exp rate); `x bound` = time / bound "
+        "- Bound = N * Kq * K * (d / FMA rate + 1 / fastest exp rate); `x bound` = time / bound "
         "(1.0 = at the bound, target <= 2)",
-        "- reference: `RKMETableSpecification.dist` per bank spec (float64 torch, cuda_idx=-1); measured over "
-        "the specs it finishes in the budget, extrapolated as N x per-spec cost beyond that (marked *); "
-        "timed with 2 torch threads and again with 1 (its 100x100 products suffer from thread barriers on a "
-        "busy CPU): ratios use the faster of the two",
         "",
     ]
     cpu_rows = [x for x in rows if "numba_s" in x or "torch_s" in x]
     pruned_rows = [x for x in rows if x.get("pruned")]
     if cpu_rows:
-        lines += ["| d | N | ref s (per spec ms: 2 threads / 1 thread) | numba s | numba q/s | numba x ref | numba x bound | "
+        lines += ["| d | N | ref s | ref threads (probe ms/spec: 1 thr / all) | ref ms/spec | numba s | numba q/s | numba x ref | numba x bound | "
                   "numba q/s (batch of 8) | torch s | torch x ref | torch x bound | bound s | "
                   "peak mem / bank (numba, torch; fresh process) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for x in cpu_rows:
             star = "*" if x["ref_extrapolated"] else ""
             tor = (f"{x['torch_s']:.3f} | {x['torch_x_ref']:.1f} | {x['torch_x_bound']:.2f}"
                    if "torch_s" in x else "- | - | -")
+            probe = " / ".join(f"{v:.3f}" for _, v in sorted(x["ref_probe_ms"].items()))
             lines.append(
-                f"| {x['d']} | {x['N']:,} | {x['ref_s']:.2f}{star} ({x['ref_per_spec_ms']:.3f} / {x['ref_per_spec_1t_ms']:.3f}) | "
+                f"| {x['d']} | {x['N']:,} | {x['ref_s']:.2f}{star} | {x['ref_threads']} ({probe}) | "
+                f"{x['ref_per_spec_ms']:.3f} | "
                 f"{x['numba_s']:.4f} | {x['numba_qps']:.2f} | {x['numba_x_ref']:.1f} | {x['numba_x_bound']:.2f} | "
                 f"{x.get('numba_batch8_qps', float('nan')):.2f} | {tor} | {x['bound_s']:.4f} | "
                 f"{x.get('numba_peak_over_bank', float('nan')):.2f}, {x.get('torch_peak_over_bank', float('nan')):.2f} |"
@@ -429,8 +439,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
                 f"{x['bound_s']:.4f} | {x['cuda_float32_s']:.4f} ({x['cuda_float32_x_bound']:.2f}) | "
                 f"{x['cuda_float64_s']:.4f} ({x['cuda_float64_x_bound']:.2f}) | {x['torch_s']:.4f} "
                 f"({x['torch_x_bound']:.2f}) |")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    common.write_text(out, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -444,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     try:
@@ -458,14 +468,14 @@ def main(argv: list[str] | None = None) -> None:
         args.rates = {}
         rows = run_gpu(args)
         args.rates = cpu_rates()
-        out = args.out or RESULTS / "exact_search_gpu.md"
+        out = args.out or common.default_out("exact_search_gpu")
     else:
         args.rates = cpu_rates()
         log.info("rates %s", args.rates)
         if args.quick:
             args.ref_budget = min(args.ref_budget, 15.0)
         rows = run_cpu(args)
-        out = args.out or RESULTS / ("exact_search_quick.md" if args.quick else "exact_search.md")
+        out = args.out or common.default_out("exact_search", args.quick)
     write_report(rows, args, out)
     print(out.read_text())
 

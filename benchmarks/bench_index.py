@@ -13,12 +13,14 @@ is built (embedding included in the build time) and measured:
   admitted sets, the index with a selector for large ones), single queries;
 - recall@10 of every row against exact search over the admitted specs (``lwgpu.eval.search.recall_at_k``).
 
-``--factories`` adds explicit FAISS layouts for comparison (built on the same embeddings).
+``--factories`` adds explicit FAISS layouts for comparison (built on the same embeddings); by default
+``IVF{nlist},SQ8`` (8-bit scalar codes, the auto layout's list count) and ``HNSW32`` (up to
+``--hnsw-max-n`` specs). Every batch and exact timing is a median of 5 runs (3 at the largest N).
 
 Usage::
 
     python -m benchmarks.bench_index                      # N = 10,000, 100,000, 1,000,000
-    python -m benchmarks.bench_index --quick              # N = 10,000 only, 50 queries
+    python -m benchmarks.bench_index --quick              # N = 10,000 and 20,000, 50 queries
     python -m benchmarks.bench_index --sizes 1000000 --factories "IVF1024,Flat"
 
 torch, numba and FAISS run with 2 threads.
@@ -30,8 +32,6 @@ import gc
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,16 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import common
+
 GAMMA = 0.1
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def exact_truth(bank, queries, filters: dict, k: int = 10, chunk: int = 10) -> tuple[dict, float]:
@@ -87,6 +80,7 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     from lwgpu.bank import SpecBank
     from lwgpu.data.clustered import synthetic_spec_arrays
     from lwgpu.index import SpecIndex, recall_at_k
+    from lwgpu.index.layout import auto_nlist
     from lwgpu.search.planner import search as planned_search
 
     t0 = time.perf_counter()
@@ -98,31 +92,39 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
     filters = {1.0: None}
     for f in args.filters:
         filters[f] = np.sort(rng.choice(np.asarray(bank.ids), max(1, int(round(f * n))), replace=False))
-    truth, exact_s = exact_truth(bank, queries, filters)
-    exact_qps = args.queries / exact_s
-    logging.info("N=%d: exact pass %.1fs (%.2f queries/s)", n, exact_s, exact_qps)
+    truth, _ = exact_truth(bank, queries, filters)
+    reps = common.repeats_at(n, max(args.sizes_list))
+    nq_exact = min(10, args.queries)
+    exact_s, _, _ = common.median_time(lambda: exact_truth(bank, queries.rows(0, nq_exact), {1.0: None}), reps)
+    exact_qps = nq_exact / exact_s
+    logging.info("N=%d: exact %.2f queries/s (median of %d passes over %d queries)", n, exact_qps, reps, nq_exact)
 
     t0 = time.perf_counter()
     index = SpecIndex(bank, device="cpu", seed=args.seed)  # the defaults: factory="auto"
     build_s = time.perf_counter() - t0
     logging.info("N=%d: %r built in %.1fs", n, index, build_s)
     indexes = [(index, build_s)]
-    if args.factories:
+    factories = [f.format(nlist=auto_nlist(n)) for f in args.factories
+                 if not ("HNSW" in f.upper() and n > args.hnsw_max_n)]
+    if factories:
+        t0 = time.perf_counter()
         vecs = index.embedder.embed_specs(bank.z, bank.beta, device="cpu")
-        for factory in args.factories:
+        embed_s = time.perf_counter() - t0
+        for factory in factories:
             t0 = time.perf_counter()
             other = SpecIndex(bank, factory=factory, embedder=index.embedder, embeddings=vecs, device="cpu",
                               seed=args.seed)
-            indexes.append((other, time.perf_counter() - t0))
+            indexes.append((other, embed_s + time.perf_counter() - t0))
+            logging.info("N=%d: %r built in %.1fs", n, other, indexes[-1][1])
     rows = []
     nq = min(args.latency_queries, args.queries)
     for idx, b_s in indexes:
-        base = {"N": n, "K": args.K, "d": args.d, "layout": idx.built_factory, "D": idx.D,
-                "probe": idx.probe if idx.probe is not None else idx.layout.nprobe, "candidates": idx.candidates,
+        base = {"N": n, "K": args.K, "d": args.d, "layout": idx.built_factory, "D": idx.D, "default": idx is index,
+                "probe": idx.probe if idx.probe is not None else (idx.layout.nprobe or idx.layout.ef_search),
+                "candidates": idx.candidates,
                 "build_s": b_s, "exact_qps": exact_qps, "load": os.getloadavg()[0]}
-        t0 = time.perf_counter()
-        batch = idx.search(queries, 10)
-        batch_qps = args.queries / (time.perf_counter() - t0)
+        batch_s, _, batch = common.median_time(lambda: idx.search(queries, 10), reps, warmup=1)
+        batch_qps = args.queries / batch_s
         for f, allowed in filters.items():
             lat, got = time_single(lambda q, a=allowed: idx.search(q, 10, allowed=a), queries, nq)
             row = dict(base, filter=f, path="index" if allowed is None else "index-filtered",
@@ -133,7 +135,7 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
                 row["batch_recall"] = recall_at_k(batch.ids, truth[f], 10)
             rows.append(row)
             logging.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-            if allowed is not None and idx is index:
+            if allowed is not None and idx is index and not args.no_planner:
                 methods = []
                 lat, got = time_single(lambda q, a=allowed: _note(planned_search(bank, q, 10, allowed=a, index=idx),
                                                                   methods), queries, nq)
@@ -153,75 +155,84 @@ def _note(nb, methods: list):
 
 
 def write_markdown(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
-    import faiss
-
-    lines = [
-        "# Indexed search: `SpecIndex(bank)` with its own defaults vs exact search",
-        "",
-        f"- Machine: {_cpu_name()}, 2-core CPU shared with other jobs (load average per row); torch "
-        f"{torch.__version__}, FAISS {faiss.__version__}; torch, numba and FAISS with 2 threads.",
-        f"- Command: `{args.command}` ({args.wall:.0f} s wall in all)",
-        f"- Market: `synthetic_spec_arrays` (clusters of tasks, one spec per task, users drawn from a task), "
-        f"K={args.K} points per spec, d={args.d}, gamma={GAMMA}; Q={args.queries} user specs.",
-        "- `SpecIndex(bank)`: `factory=\"auto\"` (`lwgpu.index.layout.auto_layout`: layout and nprobe from N), "
-        "ORF embedding D=512, candidates re-ranked by the exact squared MMD; build time includes embedding the bank.",
+    lines = common.run_header("Indexed search: `SpecIndex(bank)` with its own defaults vs exact search", args.command, [
+        f"- Threads: torch, numba and FAISS with {args.threads}. Wall time of the whole script: {args.wall:.0f} s; "
+        "load average per row in the table.",
+        f"- Market: `synthetic_spec_arrays(seed={args.seed})` (clusters of tasks, one spec per task, users drawn from "
+        f"a task), K={args.K} points per spec, d={args.d}, gamma={GAMMA}; Q={args.queries} user specs. The index "
+        "defaults were tuned on this generator and seed: `benchmarks/results/index_oos.md` measures them out of sample.",
+        "- `SpecIndex(bank)` (default rows, layout in bold): `factory=\"auto\"` (`lwgpu.index.layout.auto_layout`: "
+        "layout and nprobe from N), ORF embedding D=512, candidates re-ranked by the exact squared MMD; build time "
+        "includes embedding the bank. Other layouts (`--factories`, default "
+        f"`{';'.join(args.factories)}`, HNSW up to N = {args.hnsw_max_n:,}) use the same embeddings, "
+        "with their default probes (nprobe from N for IVF, efSearch for HNSW).",
         "- Filters: random admitted sets of the given fraction of the ids, passed as `allowed=` (an id selector; "
         "nprobe and candidates raised as the fraction falls); `planner:` rows go through "
         "`lwgpu.search.planner.search` (exact rows in place up to `PLANNER_EXACT_MAX_ROWS` admitted specs, or below "
         "`PLANNER_INDEX_MIN_FRACTION` of the bank up to `PLANNER_FALLBACK_MAX_ROWS`).",
-        f"- Latency: {args.latency_queries} single queries one at a time (p50/p99, ms); batch: all Q in one call. "
-        "recall@10 against exact search over the admitted specs (`lwgpu.eval.search.recall_at_k`).",
-        "",
-        "| N | layout | nprobe | filter | path | recall@10 | p50 ms | p99 ms | batch q/s | exact q/s | build s | load |",
+        f"- Latency: {args.latency_queries} single queries one at a time (p50/p99, ms); batch: all Q in one call, "
+        f"median of {common.REPEATS} calls ({common.REPEATS_LARGEST} at the largest N); exact q/s: median of as many "
+        "exact passes (every spec, `backend.mmd2`) over 10 queries. recall@10 against exact search over the admitted "
+        "specs (`lwgpu.eval.search.recall_at_k`).",
+    ])
+    lines += [
+        "| N | layout | nprobe / efSearch | filter | path | recall@10 | p50 ms | p99 ms | batch q/s | exact q/s | "
+        "build s | load |",
         "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         bq = "-" if r["batch_qps"] != r["batch_qps"] else f"{r['batch_qps']:.1f}"
+        layout = f"**{r['layout']}**" if r.get("default") else r["layout"]
         lines.append(
-            f"| {r['N']:,} | {r['layout']} | {r['probe'] if r['probe'] is not None else '-'} | {r['filter']:g} | "
+            f"| {r['N']:,} | {layout} | {r['probe'] if r['probe'] is not None else '-'} | {r['filter']:g} | "
             f"{r['path']} | {r['recall']:.4f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {bq} | {r['exact_qps']:.2f} | "
             f"{r['build_s']:.1f} | {r['load']:.1f} |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    common.write_text(path, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="N = 10,000 only, 50 queries")
+    p.add_argument("--quick", action="store_true", help="N = 10,000 and 20,000, 50 queries")
     p.add_argument("--sizes", type=str, default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--latency-queries", type=int, default=100, help="queries timed one at a time")
     p.add_argument("--K", type=int, default=32)
     p.add_argument("--d", type=int, default=16)
     p.add_argument("--filters", type=str, default="0.01,0.1,0.5", help="admitted fractions (',' separated)")
-    p.add_argument("--factories", type=str, default="", help="';'-separated FAISS layouts measured beside auto")
+    p.add_argument("--factories", type=str, default="IVF{nlist},SQ8;HNSW32",
+                   help="';'-separated FAISS layouts measured beside auto ({nlist}: auto's IVF list count for N); "
+                        "'' for none")
+    p.add_argument("--hnsw-max-n", type=int, default=100_000,
+                   help="largest N an HNSW layout is built for (its construction at 1M takes tens of minutes)")
+    p.add_argument("--no-planner", action="store_true", help="skip the planner rows")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=str, default=str(RESULTS / "index.md"))
+    p.add_argument("--out", type=str, default=None, help="default: benchmarks/results/index.md (+ index.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import faiss
 
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(args.threads)
     try:
         from lwgpu.kernels.numba_mmd import set_threads
 
-        set_threads(2)
+        set_threads(args.threads)
     except ImportError:  # pragma: no cover - numba absent
         pass
     if args.quick:
-        args.sizes, args.queries, args.latency_queries = "10000", 50, 50
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        args.sizes, args.queries, args.latency_queries = "10000,20000", 50, 50
+    args.sizes_list = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.filters = [float(x) for x in args.filters.split(",") if x.strip()]
     args.factories = [f.strip() for f in args.factories.split(";") if f.strip()]
-    args.command = "python -m benchmarks.bench_index " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = common.command("bench_index", list(sys.argv[1:] if argv is None else argv))
     t_all = time.perf_counter()
     rows = []
-    for n in sizes:
+    for n in args.sizes_list:
         rows += run_size(n, args)
         gc.collect()
     args.wall = time.perf_counter() - t_all
-    out = Path(args.out)
+    out = Path(args.out) if args.out else common.default_out("index", args.quick)
     write_markdown(rows, args, out)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print(out.read_text())

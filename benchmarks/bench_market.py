@@ -11,16 +11,16 @@ Usage::
     python -m benchmarks.bench_market            # N = 100 and 1,000
     python -m benchmarks.bench_market --quick    # N = 30 (smoke run)
 
-Both sides run with ``torch.set_num_threads(2)`` on the CPU.
+lwgpu runs on every core; the reference with its faster torch thread setting (1 thread or every core),
+probed in the same run. Every latency is a median of 5 repeats on both sides.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+
+from benchmarks import common
 
 D, K, N_CLASSES, GAMMA = 16, 50, 4, 0.1
 
@@ -138,39 +140,63 @@ def _reference_user(spec: Any) -> Any:
 
 
 def _timed(fn, reps: int) -> tuple[float, Any]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(reps):
+    """Median seconds of ``fn()`` over ``reps`` runs after one warm-up run; (median, last result)."""
+    med, _, out = common.median_time(fn, reps, warmup=1)
+    return med, out
+
+
+def _add_reference(ref: Any, paths: list[Path], offset: int = 0) -> tuple[list[str], list[float]]:
+    """Add ``paths`` to the reference market one by one: (ids, seconds per add)."""
+    from lwgpu.spec.semantic import to_reference
+
+    ids, times = [], []
+    for i, p in enumerate(paths, start=offset):
+        sem = to_reference(_semantic(i))
+        sem["Model"] = {"Values": ["Others"], "Type": "Optional"}
         t = time.perf_counter()
-        out = fn()
+        rid, status = ref.add_learnware(str(p), sem)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        if rid is None:
+            raise RuntimeError(f"the reference market refused learnware {i} (status {status})")
+        ids.append(rid)
+    return ids, times
+
+
+def probe_reference_threads(paths: list[Path], users: list, workdir: Path) -> common.ThreadChoice:
+    """The reference's faster torch setting (1 thread or every core) on a small market of the same packages:
+    one single and one mixture search of the first user, after a warm-up."""
+    ref = _reference_market(workdir / "probe", f"probe{len(paths)}")
+    _add_reference(ref, paths[: min(20, len(paths))])
+    info = _reference_user(users[0][0])
+
+    def probe() -> None:
+        ref.search_learnware(info, max_search_num=5, search_method="none")
+        ref.search_learnware(info, max_search_num=5, search_method="greedy")
+
+    probe()  # warm-up
+    return common.pick_reference_threads(probe)
 
 
 def run(n: int, q: int, reps: int, workdir: Path) -> dict[str, Any]:
     from learnware.specification import RKMETableSpecification  # noqa: F401  (import cost outside timing)
     from lwgpu.market import Market
-    from lwgpu.spec.semantic import to_reference
 
     paths, centers = make_learnwares(n, workdir / "pkgs")
     users = make_users(centers, q)
 
+    choice = probe_reference_threads(paths, users, workdir)
     ours = Market(workdir / "ours", device="cpu")
-    t = time.perf_counter()
-    our_ids = [ours.submit(p) for p in paths]
-    ours_sub = n / (time.perf_counter() - t)
+    our_ids, ours_t = [], []
+    for p in paths:
+        t = time.perf_counter()
+        our_ids.append(ours.submit(p))
+        ours_t.append(time.perf_counter() - t)
+    ours_sub = 1.0 / statistics.median(ours_t)
 
     ref = _reference_market(workdir / "ref", f"bench{n}")
-    t = time.perf_counter()
-    ref_ids = []
-    for i, p in enumerate(paths):
-        sem = to_reference(_semantic(i))
-        sem["Model"] = {"Values": ["Others"], "Type": "Optional"}
-        rid, status = ref.add_learnware(str(p), sem)
-        if rid is None:
-            raise RuntimeError(f"the reference market refused learnware {i} (status {status})")
-        ref_ids.append(rid)
-    ref_sub = n / (time.perf_counter() - t)
+    with common.torch_threads(choice.threads):
+        ref_ids, ref_t = _add_reference(ref, paths)
+    ref_sub = 1.0 / statistics.median(ref_t)
     ref_pos = {rid: i for i, rid in enumerate(ref_ids)}
     our_pos = {oid: i for i, oid in enumerate(our_ids)}
 
@@ -179,9 +205,10 @@ def run(n: int, q: int, reps: int, workdir: Path) -> dict[str, Any]:
     for spec, pair in users:
         info = _reference_user(spec)
         t_os, r_os = _timed(lambda: ours.search(spec, k=5, mixture=False), reps)
-        t_rs, r_rs = _timed(lambda: ref.search_learnware(info, max_search_num=5, search_method="none"), reps)
         t_om, r_om = _timed(lambda: ours.search(spec, k=5, max_mixture=5, method="greedy"), reps)
-        t_rm, r_rm = _timed(lambda: ref.search_learnware(info, max_search_num=5, search_method="greedy"), reps)
+        with common.torch_threads(choice.threads):
+            t_rs, r_rs = _timed(lambda: ref.search_learnware(info, max_search_num=5, search_method="none"), reps)
+            t_rm, r_rm = _timed(lambda: ref.search_learnware(info, max_search_num=5, search_method="greedy"), reps)
         rows["ours_single"].append(t_os)
         rows["ref_single"].append(t_rs)
         rows["ours_mix"].append(t_om)
@@ -198,16 +225,9 @@ def run(n: int, q: int, reps: int, workdir: Path) -> dict[str, Any]:
     return {
         "N": n, "users": q, "ours_sub_per_s": ours_sub, "ref_sub_per_s": ref_sub,
         **{f"{k}_ms": 1e3 * v for k, v in med.items()},
+        "ref_threads": choice.threads, "ref_probe": choice.describe(),
         "top1_agree": agree_top1 / q, "mixture_agree": agree_mix / q, "pair_found": found_pair / q,
     }
-
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,51 +235,49 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="one small market (N=30), 3 users")
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
     ap.add_argument("--users", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "market.md"),
-                    help="markdown file to write")
+    ap.add_argument("--reps", type=int, default=common.REPEATS, help="timed repeats per search (both sides)")
+    ap.add_argument("--out", default=None, help="markdown file to write (default: benchmarks/results/market.md)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(common.all_cores())
     os.environ.setdefault("WANDB_MODE", "disabled")
     logging.basicConfig(level=logging.WARNING)
     sizes = args.sizes or ([30] if args.quick else [100, 1000])
     q = 3 if args.quick else args.users
+    reps = max(args.reps, common.REPEATS)
     results = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            r = run(n, q, args.reps, Path(tmp))
+            r = run(n, q, reps, Path(tmp))
         results.append(r)
         print(r, flush=True)
-    import learnware
-    import lwgpu
 
-    lines = [
-        "# Market benchmark: lwgpu vs the reference `learnware` market",
-        "",
-        f"- machine: {_machine()} (2 cores, shared), torch {torch.__version__}, `torch.set_num_threads(2)` both sides, CPU",
-        f"- lwgpu {lwgpu.__version__}, learnware {getattr(learnware, '__version__', '0.4')} (`easy` market)",
+    lines = common.run_header("Market benchmark: lwgpu vs the reference `learnware` market",
+                              common.command("bench_market", argv), [
+        f"- lwgpu with `torch.set_num_threads({common.all_cores()})`; the reference (`learnware` `easy` market) with "
+        "its faster torch setting, probed per N on a 20-learnware market of the same packages (one single + one "
+        "mixture search on 1 thread and on every core; the column names the winner and the probe times)",
         f"- learnwares: d={D}, K={K} specs, a Python linear model each; users: even mixes of two learnwares' "
         f"clusters, K={K}; search k=5, mixture greedy with max 5 (the reference's default)",
-        "- command: `python -m benchmarks.bench_market" + (" --quick" if args.quick else "") + "`",
-        "- latencies: median over users of the median of "
-        f"{args.reps} repeats; ratio = reference / lwgpu (higher = lwgpu faster)",
-        "",
-        "| N | submit/s lwgpu | submit/s ref | ratio | single ms lwgpu | single ms ref | ratio "
+        f"- latencies: median over {q} users of the median of {reps} repeats (after a warm-up) on both sides; "
+        "submit/s = 1 / the median time of one submission over the N submissions; ratio = reference / lwgpu "
+        "(higher = lwgpu faster)",
+    ])
+    lines += [
+        "| N | ref threads | submit/s lwgpu | submit/s ref | ratio | single ms lwgpu | single ms ref | ratio "
         "| mixture ms lwgpu | mixture ms ref | ratio | top-1 agree | mixture agree | pair in mixture |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['N']} | {r['ours_sub_per_s']:.1f} | {r['ref_sub_per_s']:.1f} | "
+            f"| {r['N']} | {r['ref_probe']} | {r['ours_sub_per_s']:.1f} | {r['ref_sub_per_s']:.1f} | "
             f"{r['ours_sub_per_s'] / r['ref_sub_per_s']:.2f}x | {r['ours_single_ms']:.1f} | {r['ref_single_ms']:.1f} | "
             f"{r['ref_single_ms'] / r['ours_single_ms']:.1f}x | {r['ours_mix_ms']:.1f} | {r['ref_mix_ms']:.1f} | "
             f"{r['ref_mix_ms'] / r['ours_mix_ms']:.1f}x | {r['top1_agree']:.2f} | {r['mixture_agree']:.2f} | "
             f"{r['pair_found']:.2f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    out = common.write_text(args.out or common.default_out("market", args.quick), "\n".join(lines))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

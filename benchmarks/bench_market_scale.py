@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     models = make_models(max(1, max(sizes) // 1000))
     root = Path(args.root or tempfile.mkdtemp(prefix="lwscale", dir=os.environ.get("LWGPU_BENCH_DIR")))
     market = Market(root, device="cpu")
-    rows, rates, n = [], [], 0
+    rows, rates, n = [], [], len(market)  # --root of an earlier run: ingest resumes, searches are measured again
+    if n:
+        print(f"resuming the market at {root} with {n} learnwares", flush=True)
     try:
         for size in sizes:
             while n < size:
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                 n += m
                 print(f"N={n}: {rates[-1][1]:.0f} learnwares/s", flush=True)
             market.flush()
-            row: dict[str, Any] = {"N": n, "ingest_per_s": statistics.median(r for _, r in rates[-max(1, size // batch // 10):])}
+            recent = [r for at, r in rates if at <= n][-max(1, size // batch // 10):]
+            row: dict[str, Any] = {"N": n, "ingest_per_s": statistics.median(recent) if recent else float("nan")}
             row["disk_kb_per_lw"] = du_bytes(root) / n / 1024
             bank = market.bank(D)
             row["bank_mb"] = bank.nbytes / 2**20

@@ -1,4 +1,6 @@
 """Metrics against hand-computed values and brute force."""
+import time
+
 import numpy as np
 import pytest
 
@@ -64,12 +66,42 @@ def test_latency_stats_percentiles():
         latency_stats([])
 
 
-def test_time_queries_and_throughput():
+def test_latency_stats_on_a_hand_computed_list():
+    # 4 calls of 1, 2, 3, 10 ms: linear-interpolated percentiles at rank (n - 1) p = 3p
+    s = latency_stats([0.001, 0.003, 0.002, 0.010])
+    assert s["latency_p50_ms"] == pytest.approx(2.5)                  # halfway between 2 and 3
+    assert s["latency_p90_ms"] == pytest.approx(3.0 + 0.7 * 7.0)      # rank 2.7: 3 + 0.7 (10 - 3)
+    assert s["latency_p99_ms"] == pytest.approx(3.0 + 0.97 * 7.0)
+    assert s["latency_mean_ms"] == pytest.approx(4.0)
+    assert s["qps_single"] == pytest.approx(4 / 0.016)                # 4 calls in 16 ms
+    assert latency_stats([0.0, 0.0])["qps_single"] == float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        latency_stats([0.001, -0.001])
+    with pytest.raises(ValueError, match="finite"):
+        latency_stats([float("nan")])
+
+
+def test_time_queries_times_each_call():
     calls = []
-    times, outs = time_queries(lambda q: calls.append(q) or q * 2, [1, 2, 3], warmup=1)
-    assert outs == [2, 4, 6] and len(times) == 3 and calls == [1, 1, 2, 3]
-    qps, out = throughput(lambda b: sum(b), [1, 2], 2, repeats=2)
-    assert out == 3 and qps > 0
+    times, outs = time_queries(lambda q: calls.append(q) or time.sleep(q) or q * 2, [0.0, 0.02, 0.05], warmup=1)
+    assert outs == [0.0, 0.04, 0.1] and calls == [0.0, 0.0, 0.02, 0.05]   # the warm-up call is untimed
+    assert len(times) == 3
+    # each time covers its own call: at least the sleep, and the longer sleep takes longer
+    assert times[1] >= 0.02 and times[2] >= 0.05
+
+
+def test_throughput_is_queries_over_the_fastest_call():
+    delays = iter([0.3, 0.05, 0.25])  # three calls: the fastest (>= 0.05 s) decides
+
+    def fn(batch):
+        time.sleep(next(delays))
+        return sum(batch)
+
+    qps, out = throughput(fn, [1, 2], 12, repeats=3)
+    assert out == 3
+    assert 12 / 0.25 < qps <= 12 / 0.05   # the best call slept 0.05 s, and it beat the 0.25 s one
+    qps1, _ = throughput(lambda b: time.sleep(0.05), None, 5, repeats=0)  # repeats < 1: one call
+    assert qps1 <= 5 / 0.05
 
 
 def test_fit_residuals_match_reference(rng):
@@ -92,3 +124,20 @@ def test_reuse_vs_own_gap():
     assert out[("own", 5)]["error"] == pytest.approx(0.3) and out[("own", 5)]["gap"] == pytest.approx(0.0)
     assert out[("job_selector", 5)]["gap"] == pytest.approx(-0.2)
     assert np.isnan(out[("job_selector", 10)]["own_error"])
+
+
+def test_recall_at_k_matches_a_brute_force_count(rng):
+    """recall@k against a plain per-query set count on random id lists with repeats and -1 padding."""
+    for _ in range(20):
+        q, cols = int(rng.integers(1, 6)), int(rng.integers(1, 8))
+        exact = rng.integers(-1, 12, size=(q, cols))
+        approx = rng.integers(-1, 12, size=(q, cols))
+        k = int(rng.integers(1, cols + 1))
+        hits = sum(len({int(v) for v in exact[i, :k] if v >= 0} & {int(v) for v in approx[i, :k] if v >= 0})
+                   for i in range(q))
+        total = sum(len({int(v) for v in exact[i, :k] if v >= 0}) for i in range(q))
+        got = recall_at_k(approx, exact, k)
+        if total == 0:
+            assert np.isnan(got)
+        else:
+            assert got == pytest.approx(hits / total)
