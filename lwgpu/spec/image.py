@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -36,7 +35,8 @@ import torch.nn.functional as F
 
 from ..device import resolve_device, single_torch_thread
 from ..kernels.nngp import ConvNNGP, DiagMaps, NNGPConfig
-from .qp import solve_simplex_qp
+from ..fsutil import apply_file_mode
+from ._fit_image import IMAGE_WIDTH, _chunked_cross, _fit_batch
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ __all__ = ["ImageRKME", "preprocess_images", "image_mmd2_to_bank", "image_self_t
 REFERENCE_IMAGE_TYPE = "RKMEImageSpecification"
 #: The reference's default ``model_config`` (only ``net_depth`` changes the kernel).
 DEFAULT_MODEL_CONFIG = {"k": 2, "mu": 0, "sigma": None, "net_width": 128, "net_depth": 3}
-IMAGE_WIDTH = 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +326,7 @@ class ImageRKME:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh, separators=(",", ":"))
-            os.chmod(tmp, 0o666 & ~_umask())
+            apply_file_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -345,212 +344,4 @@ class ImageRKME:
         return cls.from_dict(obj, device=device)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# ----------------------------------------------------------------------------------------------
-# fitting internals
-# ----------------------------------------------------------------------------------------------
-
-def _chunked_cross(kern: ConvNNGP, a: torch.Tensor, b: torch.Tensor, da: DiagMaps, db: DiagMaps,
-                   same: bool = False, chunk_pairs: int = 20000) -> torch.Tensor:
-    """k(a_i, b_j) (Na, Nb) computed over column chunks of b (no autograd); ``same`` needs a is b."""
-    Na, Nb = a.shape[0], b.shape[0]
-    step = max(1, chunk_pairs // max(Na, 1))
-    if same and step < Nb:
-        out = torch.empty(Na, Nb, dtype=kern.dtype, device=a.device)
-        for s in range(0, Nb, step):
-            e = min(Nb, s + step)
-            blk = kern.cross(a, b[s:e], da, db.index(slice(s, e)))
-            idx = torch.arange(s, e, device=a.device)
-            blk[idx, idx - s] = da.self_k[s:e].to(blk.dtype)  # the exact diagonal
-            out[:, s:e] = blk
-        return out
-    if same:
-        return kern.gram(a, da)
-    return torch.cat([kern.cross(a, b[s:s + step], da, db.index(slice(s, s + step))) for s in range(0, Nb, step)], 1)
-
-
-def _herding(kern: ConvNNGP, pool: torch.Tensor, K: int) -> torch.Tensor:
-    """Indices of K pool points chosen by kernel herding against the pool's own mean embedding."""
-    with torch.no_grad():
-        G = _chunked_cross(kern, pool, pool, kern.diag(pool), kern.diag(pool), same=True)
-    mu = G.mean(1)
-    acc = torch.zeros_like(mu)
-    chosen = torch.zeros(pool.shape[0], dtype=torch.bool, device=pool.device)
-    sel = []
-    for t in range(K):
-        score = mu - acc / (t + 1)
-        score[chosen] = -math.inf
-        i = int(torch.argmax(score))
-        sel.append(i)
-        chosen[i] = True
-        acc += G[:, i]
-    return torch.tensor(sel, device=pool.device)
-
-
-def _fit_batch(xs: list[torch.Tensor], K: int, steps: int, lr: float, herding_pool: int,
-               gens: list[np.random.Generator], config: NNGPConfig,
-               chunk_pairs: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Herding init + (Adam on z, QP on beta) for D datasets of one channel count at once."""
-    kern = ConvNNGP(config, torch.float64)
-    D = len(xs)
-    dev = xs[0].device
-    n_max = max(x.shape[0] for x in xs)
-    C = xs[0].shape[1]
-    # padded data (D, n_max, C, 32, 32) and weights w (D, n_max): 1/n_d on real images, 0 on padding
-    xb = torch.zeros(D, n_max, C, IMAGE_WIDTH, IMAGE_WIDTH, dtype=torch.float64, device=dev)
-    w = torch.zeros(D, n_max, dtype=torch.float64, device=dev)
-    z0 = []
-    for d, x in enumerate(xs):
-        n = x.shape[0]
-        xb[d, :n] = x.double()
-        xb[d, n:] = x[:1].double()  # any real image: its weight is 0
-        w[d, :n] = 1.0 / n
-        pool_idx = np.sort(gens[d].choice(n, min(n, max(herding_pool, K)), replace=False))
-        pool = x[torch.from_numpy(pool_idx).to(dev)].double()
-        z0.append(pool[_herding(kern, pool, K)])
-    with torch.no_grad():
-        dx = kern.diag(xb)
-    z = torch.stack(z0).clone().requires_grad_(steps > 0)
-    step = max(1, chunk_pairs // K)
-
-    def evaluate(zt: torch.Tensor, beta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kzz (D, K, K) and kzx = Kzx w (D, K) at zt; backpropagates the loss for ``beta`` if given."""
-        grad = beta is not None and zt.requires_grad
-        with torch.set_grad_enabled(grad):
-            dz = kern.diag(zt)
-            kzz = kern.cross(zt, zt, dz, dz, same=True)
-            if grad:
-                (beta.unsqueeze(-1) * kzz * beta.unsqueeze(-2)).sum().backward(retain_graph=False)
-                dz = kern.diag(zt)
-            kzx = torch.zeros(D, K, dtype=torch.float64, device=dev)
-            for s in range(0, n_max, step):
-                e = min(n_max, s + step)
-                kc = kern.cross(zt, xb[:, s:e], dz, dx.index((slice(None), slice(s, e))))
-                part = (kc * w[:, None, s:e]).sum(-1)
-                if grad:
-                    (-2.0 * (beta * part).sum()).backward(retain_graph=e < n_max)
-                kzx += part.detach()
-        return kzz.detach(), kzx
-
-    def qp(kzz: torch.Tensor, kzx: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
-        return solve_simplex_qp(kzz, kzx, x0=x0)
-
-    def objective(kzz: torch.Tensor, kzx: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        return (beta.unsqueeze(-1) * kzz * beta.unsqueeze(-2)).sum((-2, -1)) - 2.0 * (beta * kzx).sum(-1)
-
-    with torch.no_grad():
-        kzz, kzx = evaluate(z.detach(), None)
-    beta = qp(kzz, kzx, None)
-    best_obj = objective(kzz, kzx, beta)
-    best_z = z.detach().clone()
-    best_beta = beta.clone()
-    if steps > 0:
-        opt = torch.optim.Adam([z], lr=lr)
-        for t in range(steps):
-            opt.zero_grad(set_to_none=True)
-            kzz, kzx = evaluate(z, beta)  # values at z_t; gradient for (z_t, beta)
-            beta = qp(kzz, kzx, beta)
-            obj = objective(kzz, kzx, beta)
-            better = obj < best_obj
-            if bool(better.any()):
-                best_obj = torch.where(better, obj, best_obj)
-                best_z[better] = z.detach()[better]
-                best_beta[better] = beta[better]
-            logger.debug("image fit step %d: objective %s", t, obj.tolist())
-            opt.step()
-        with torch.no_grad():
-            kzz, kzx = evaluate(z.detach(), None)
-        beta_f = qp(kzz, kzx, beta)
-        obj = objective(kzz, kzx, beta_f)
-        better = obj < best_obj
-        best_z[better] = z.detach()[better]
-        best_beta[better] = beta_f[better]
-    zs = [best_z[d].float() for d in range(D)]
-    return zs, [best_beta[d] for d in range(D)]
-
-
-# ----------------------------------------------------------------------------------------------
-# banks
-# ----------------------------------------------------------------------------------------------
-
-def _bank_device(device: Any, z: torch.Tensor) -> torch.device:
-    if device is None or device == "auto":
-        return resolve_device("auto") if z.device.type == "cpu" else z.device
-    return resolve_device(device)
-
-
-def image_self_terms(z: torch.Tensor, beta: torch.Tensor, device: Any = "auto", tile: int = 8,
-                     model_config: dict | None = None) -> torch.Tensor:
-    """``<B, B>`` for every spec of a bank: z (N, K, C, 32, 32), beta (N, K) -> (N,) float64 (CPU).
-
-    Computed once, at insertion; padded points with ``beta = 0`` are allowed.
-    """
-    dev = _bank_device(device, z)
-    kern = ConvNNGP(NNGPConfig.from_model_config(model_config), torch.float64)
-    out = torch.empty(z.shape[0], dtype=torch.float64)
-    if dev.type == "cpu":
-        tile = max(tile, 256)  # the fused CPU kernel spreads (spec, point) rows over the cores
-    with torch.no_grad():
-        for s in range(0, z.shape[0], tile):
-            zt = z[s:s + tile].to(dev, torch.float64)
-            bt = beta[s:s + tile].to(dev, torch.float64)
-            out[s:s + tile] = kern.self_inner(zt, bt).cpu()
-    return out
-
-
-def image_mmd2_to_bank(query: ImageRKME, z: torch.Tensor, beta: torch.Tensor, device: Any = "auto",
-                       backend: Any = None, bank_self: torch.Tensor | None = None,
-                       tile: int | None = None) -> torch.Tensor:
-    """Squared MMD from one image spec to every spec of a bank.
-
-    Parameters
-    ----------
-    query : ImageRKME
-        The query spec.
-    z : torch.Tensor, (N, K, C, 32, 32)
-        The bank's points (zero-weight padding points allowed).
-    beta : torch.Tensor, (N, K)
-        The bank's weights.
-    device : "auto" | "cpu" | "cuda[:i]"
-        Where the kernel runs ("auto": the GPU when there is one); ``backend`` is accepted as an alias
-        (a name such as "torch" is ignored beyond its device).
-    bank_self : torch.Tensor, (N,), optional
-        ``<B, B>`` per bank spec from :func:`image_self_terms` (computed here when absent: as costly
-        as the cross terms, so a bank should keep them).
-    tile : int, optional
-        Bank specs per kernel call (memory ~ tile * Kq * K * 10 KB).
-
-    Returns
-    -------
-    torch.Tensor, (N,) float64 on the CPU: ``<Q,Q> - 2<Q,B> + <B,B>``.
-    """
-    if z.dim() != 5 or beta.shape != z.shape[:2]:
-        raise ValueError(f"bank must be z (N, K, C, 32, 32) and beta (N, K); got {tuple(z.shape)} and "
-                         f"{tuple(beta.shape)}")
-    if z.shape[2] != query.channels:
-        raise ValueError(f"bank specs have {z.shape[2]} channels, the query {query.channels}")
-    if backend is not None and not isinstance(backend, str) and hasattr(backend, "device"):
-        device = backend.device
-    dev = _bank_device(device, z)
-    kern = query.kernel()
-    N, Kb = z.shape[0], z.shape[1]
-    if tile is None:
-        tile = max(1, min(64, 200_000 // max(1, query.K * Kb)))
-    qz = query.z.to(dev, torch.float64)
-    qb = query.beta.to(dev, torch.float64)
-    qd = query.diag_maps().to(dev)
-    cross = torch.empty(N, dtype=torch.float64)
-    with torch.no_grad():
-        for s in range(0, N, tile):
-            zt = z[s:s + tile].to(dev, torch.float64)
-            bt = beta[s:s + tile].to(dev, torch.float64)
-            kq = kern.cross(qz.unsqueeze(0), zt, qd, None)  # (T, Kq, K)
-            cross[s:s + tile] = torch.einsum("k,tkl,tl->t", qb, kq, bt).cpu()
-    if bank_self is None:
-        bank_self = image_self_terms(z, beta, device=dev, model_config=query.model_config)
-    return query.self_inner() - 2.0 * cross + bank_self.to(torch.float64).cpu()
+from .image_distances import image_mmd2_to_bank, image_self_terms  # noqa: E402 - the bank-side functions
