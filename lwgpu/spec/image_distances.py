@@ -3,15 +3,12 @@ tiled over the bank, and the bank's self terms ``<B, B>`` computed once at inser
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..device import resolve_device
 from ..kernels.nngp import ConvNNGP, NNGPConfig
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .image import ImageRKME
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ def image_self_terms(z: torch.Tensor, beta: torch.Tensor, device: Any = "auto", 
     return out
 
 
-def image_mmd2_to_bank(query: ImageRKME, z: torch.Tensor, beta: torch.Tensor, device: Any = "auto",
+def image_mmd2_to_bank(query: Any, z: torch.Tensor, beta: torch.Tensor, device: Any = "auto",
                        backend: Any = None, bank_self: torch.Tensor | None = None,
                        tile: int | None = None) -> torch.Tensor:
     """Squared MMD from one image spec to every spec of a bank.
