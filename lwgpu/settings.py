@@ -159,6 +159,11 @@ MIXTURE_WEIGHT_CUTOFF = 0.98
 # ---------------------------------------------------------------------- market (configs/market/*.yaml market_options)
 #: From this many specs of one input dimension on, the market searches through a SpecIndex.
 MARKET_INDEX_THRESHOLD = 50_000
+#: From this many image specs of one shape on, the market's image search looks only at the
+#: IMAGE_INDEX_CANDIDATES (at least 4k) specs nearest in random-ConvNet feature space
+#: (lwgpu.index.image_index), re-ranked by the exact NNGP MMD; below it, an exact scan.
+IMAGE_INDEX_THRESHOLD = 2_000
+IMAGE_INDEX_CANDIDATES = 64
 #: Rows drawn from a submitted RKME to test the model's predict.
 MARKET_CHECK_SAMPLES = 10
 #: Learnwares per transaction (and per bank append) in add_many / submit_many: a crash loses at most

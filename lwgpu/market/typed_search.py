@@ -14,18 +14,22 @@ Table and text banks share the Gaussian-kernel search path (planner, index, mixt
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
+from .. import settings
 from ..search.results import SearchResult, SingleItem
 from ..search.scores import dist_to_score
 from ..spec.io import TEXT_TYPE, spec_type
 from ..spec.text import EncoderMismatchError
 from .banks import bank_key
 
-__all__ = ["check_text_encoder", "search_image", "EncoderMismatchError"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["check_text_encoder", "search_image", "image_index_of", "EncoderMismatchError"]
 
 
 def check_text_encoder(spec: Any, encoders: dict[str, str]) -> None:
@@ -38,20 +42,45 @@ def check_text_encoder(spec: Any, encoders: dict[str, str]) -> None:
         f"from {sorted(set(encoders.values()))}: fit the spec with one of those (TextRKME.fit(texts, encoder=...))")
 
 
-def search_image(bank: Any, spec: Any, admitted: np.ndarray | None, k: int) -> SearchResult:
+def image_index_of(bank: Any) -> Any:
+    """The :class:`~lwgpu.index.image_index.ImageIndex` of an image bank, (re)built when the bank changed."""
+    from ..index.image_index import ImageIndex
+
+    idx = getattr(bank, "_image_index", None)
+    if idx is None or getattr(bank, "_image_index_version", None) != bank.version:
+        idx = ImageIndex(int(bank.z.shape[2]))
+        idx.add(bank.z, bank.beta, bank.ids)
+        bank._image_index, bank._image_index_version = idx, bank.version
+        logger.info("image index built over %d specs", len(idx))
+    return idx
+
+
+def search_image(bank: Any, spec: Any, admitted: np.ndarray | None, k: int,
+                 index_threshold: int | None = None) -> SearchResult:
     """The ``k`` image specs of ``bank`` (an :class:`~lwgpu.market.image_bank.ImageBank`) nearest to ``spec`` by
-    exact squared MMD under the NNGP kernel, among the ``admitted`` ids (None: all). Method ``"exact-image"``."""
+    exact squared MMD under the NNGP kernel, among the ``admitted`` ids (None: all).
+
+    Below ``index_threshold`` (``settings.IMAGE_INDEX_THRESHOLD``) specs every admitted spec is scanned
+    (method ``"exact-image"``); from it on, only the ``settings.IMAGE_INDEX_CANDIDATES`` (at least 4k) nearest
+    in feature space (``"index-image"``), and scores are over those candidates. Distances are exact either way.
+    """
     t0 = time.perf_counter()
     if bank is None or not len(bank):
         return SearchResult(method="exact-image")
+    threshold = settings.IMAGE_INDEX_THRESHOLD if index_threshold is None else int(index_threshold)
+    method = "exact-image"
+    if len(bank) >= threshold:
+        m = max(settings.IMAGE_INDEX_CANDIDATES, 4 * int(k))
+        admitted = image_index_of(bank).candidates(spec, m, admitted)
+        method = "index-image"
     rows = None if admitted is None else np.sort(bank.positions(admitted))
     dists = bank.mmd2(spec, rows=rows)
     ids = bank.ids if rows is None else bank.ids[rows]
     if not ids.size:
-        return SearchResult(n_candidates=0, method="exact-image")
+        return SearchResult(n_candidates=0, method=method)
     scores = dist_to_score(dists)
     order = np.lexsort((ids, dists))[: max(0, int(k))]  # ties: smaller id first
     single = [SingleItem(int(ids[i]), float(scores[i]), float(dists[i])) for i in order]
     total = time.perf_counter() - t0
-    return SearchResult(single=single, mixture=None, n_candidates=int(ids.size), method="exact-image",
+    return SearchResult(single=single, mixture=None, n_candidates=int(ids.size), method=method,
                         timings={"scan": total, "total": total})
