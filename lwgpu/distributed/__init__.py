@@ -10,7 +10,8 @@ from .balance import balance_moves, water_fill
 from .cluster import connect, make_client, make_cluster
 from .fit import fit_many
 from .market import DistributedMarket, distribute
-from .merge import merge_neighbors, merge_pools, scores_from_stats
+from ..search.scores import scores_from_stats
+from .merge import merge_neighbors, merge_pools
 from .shard import Rows, Shard
 from .sharded_bank import ShardedBank
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import settings
+from ..spec.fit import per_dataset_seeds
 from ..spec.rkme import RKME
 from ._deps import require, worker_addresses
 
@@ -34,15 +35,6 @@ def _fit_chunk(seeds: list[int], options: dict[str, Any], *datasets: Any) -> lis
         raise ValueError(f"a chunk of {len(datasets)} datasets got {len(seeds)} seeds")
     specs = RKME.fit_many(list(datasets), seed=list(seeds), progress=False, **options)
     return [s if s.device.type == "cpu" else s.to("cpu") for s in specs]
-
-
-def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return [int(seed)] * n
-    seeds = [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"seed must be an int or one int per dataset: got {len(seeds)} seeds for {n} datasets")
-    return seeds
 
 
 def _n_workers(client: Any) -> int:
@@ -120,7 +112,7 @@ def fit_many(
         sizes = client.gather([client.submit(len, p, pure=False) for p in parts])
         bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         n = int(bounds[-1])
-        seeds = _seeds(seed, n)
+        seeds = per_dataset_seeds(seed, n)
         chunks = [((int(bounds[j]), int(bounds[j + 1])), [p]) for j, p in enumerate(parts) if sizes[j]]
     else:
         if isinstance(datasets, np.ndarray) and datasets.ndim == 2:
@@ -129,7 +121,7 @@ def fit_many(
         n = len(items)
         if n == 0:
             raise ValueError("fit_many got no datasets; pass a non-empty list of (n, d) arrays")
-        seeds = _seeds(seed, n)
+        seeds = per_dataset_seeds(seed, n)
         size = int(chunk_size) if chunk_size else max(1, math.ceil(n / (4 * _n_workers(client))))
         if size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

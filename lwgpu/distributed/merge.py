@@ -3,7 +3,7 @@
 - :func:`merge_neighbors`: per-shard exact top-k (Q, k_s) -> the global exact top-k (Q, k), ties broken
   by the smaller id as :func:`lwgpu.search.exact.search_exact` breaks them.
 - :func:`merge_pools`: per-shard statistical-search pools -> the global ``n_top`` nearest and the summary
-  (count, sum, min, max) of every distance, from which :func:`scores_from_stats` gives exactly the scores
+  (count, sum, min, max) of every distance, from which :func:`~lwgpu.search.scores.scores_from_stats` gives exactly the scores
   :func:`lwgpu.search.scores.dist_to_score` gives over the full list (it only reads its min, max and mean).
 """
 from __future__ import annotations
@@ -82,30 +82,3 @@ def merge_pools(parts: Sequence[dict[str, Any]], n_top: int) -> Pool:
                 hi=float(max((p["hi"] for p in parts), default=-np.inf)),
                 n_admitted=int(sum(p["n_admitted"] for p in parts)),
                 methods=tuple(p["method"] for p in parts if p["count"]))
-
-
-def scores_from_stats(d: np.ndarray, lo: float, hi: float, mean: float, dist_ratio: float = 0.1,
-                      min_score: float = 0.92, improve_score: float = 0.7) -> np.ndarray:
-    """Scores (m,) of distances ``d`` (m,) out of a list with the given min ``lo``, max ``hi`` and ``mean``.
-
-    The reference's min-max rule of :func:`lwgpu.search.scores.dist_to_score`, which reads the list only
-    through those three numbers: so the scores of a shard-merged top list equal the scores over the full
-    list without gathering it (tests/distributed check the two against each other).
-    """
-    d = np.asarray(d, dtype=np.float64).reshape(-1)
-    if d.size == 0:
-        return np.zeros(0)
-    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(mean)):
-        raise ValueError("the distance summary is not finite; drop non-finite distances before scoring")
-    if lo == hi:
-        return np.ones_like(d)
-    eps = float(mean) * dist_ratio
-    top = (hi - lo) / (hi - eps)
-    if lo < eps:
-        eps = lo
-    elif top < min_score:
-        eps = hi - (hi - lo) / min_score
-    s = (hi - d) / (hi - eps)
-    low = s < improve_score
-    s[low] = np.minimum(np.sqrt(np.clip(s[low], 0.0, None)), improve_score)
-    return np.clip(s, 0.0, 1.0)

@@ -38,7 +38,8 @@ from ..search.results import MixtureItem, Neighbors, SearchResult, SingleItem
 from ..search.statistical import METHODS, cross_from_dists
 from ._deps import require, worker_addresses
 from .balance import balance_moves, water_fill
-from .merge import Pool, merge_neighbors, merge_pools, scores_from_stats
+from ..search.scores import scores_from_stats
+from .merge import Pool, merge_neighbors, merge_pools
 from .shard import Rows, Shard
 
 logger = logging.getLogger(__name__)

@@ -30,10 +30,25 @@ def dist_to_score(
         return np.zeros(0)
     if not np.all(np.isfinite(d)):
         raise ValueError("dists contains NaN/Inf; drop non-finite distances before scoring")
-    lo, hi = float(d.min()), float(d.max())
+    return scores_from_stats(d, float(d.min()), float(d.max()), float(d.mean()), dist_ratio, min_score,
+                             improve_score)
+
+
+def scores_from_stats(d: np.ndarray, lo: float, hi: float, mean: float, dist_ratio: float = 0.1,
+                      min_score: float = 0.92, improve_score: float = 0.7) -> np.ndarray:
+    """Scores (m,) of distances ``d`` (m,) out of a list with the given min ``lo``, max ``hi`` and ``mean``.
+
+    The rule reads the list only through those three numbers, so the scores of a shard-merged top list
+    equal the scores over the full list without gathering it (:mod:`lwgpu.distributed.merge`).
+    """
+    d = np.asarray(d, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        return np.zeros(0)
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(mean)):
+        raise ValueError("the distance summary is not finite; drop non-finite distances before scoring")
     if lo == hi:
         return np.ones_like(d)
-    eps = float(d.mean()) * dist_ratio
+    eps = float(mean) * dist_ratio
     top = (hi - lo) / (hi - eps)
     if lo < eps:
         eps = lo

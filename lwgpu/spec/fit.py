@@ -86,7 +86,8 @@ def effective_K(K: int, n: int) -> int:
     return max(1, (2 * n) // 3) if K >= n else K
 
 
-def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+def per_dataset_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """One seed per dataset: ``seed`` repeated ``n`` times, or the ``n`` seeds given (ValueError otherwise)."""
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return [int(seed)] * n
     seeds = [int(s) for s in seed]
@@ -157,7 +158,7 @@ def fit_arrays(
         raise ValueError(f"max_points must be >= 1, got {opts['max_points']}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
-    seeds = _seeds(seed, len(datasets))
+    seeds = per_dataset_seeds(seed, len(datasets))
 
     engine = _resolve_engine(opts["engine"], dev)
     show = opts["progress"] if opts["progress"] is not None else len(datasets) >= 8

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,22 @@ def check_consistent(m: Market) -> None:
         z, beta = m.get(i).rkme.numpy()
         p = int(bank.positions([i])[0])
         np.testing.assert_allclose(bank.z[p, : len(beta)].numpy(), z, atol=1e-6)
+
+
+#: Prologue of a subprocess script run as the market's process: records (and refuses) any import of the
+#: reference package, so a test can assert the market never loads ``learnware`` (``hits`` lists them).
+BLOCK_REFERENCE_IMPORTS = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+
+    hits = []
+
+    class Block:  # any import of the reference package in this (the market's) process is recorded
+        def find_spec(self, name, path=None, target=None):
+            if name == "learnware" or name.startswith("learnware."):
+                hits.append(name)
+                raise ImportError(f"the market process must not import {name}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+''')

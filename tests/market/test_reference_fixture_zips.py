@@ -26,6 +26,7 @@ import yaml
 from lwgpu.market import Market, SubmissionError
 from lwgpu.market.worker import close_workers
 from lwgpu.spec.rkme import RKME
+from market_testutil import BLOCK_REFERENCE_IMPORTS
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "tests" / "fixtures" / "reference_zips"
@@ -152,20 +153,7 @@ def test_search_with_reference_requirements(fixture_market, tmp_path):
     assert found("wine_clf", "name_wine_clf") == [ids["wine_clf"]] and found("wine_clf", "nature") == []
 
 
-SUBPROCESS = textwrap.dedent('''
-    import json, sys
-    import numpy as np
-
-    hits = []
-
-    class Block:  # any import of the reference package in this (the market's) process is recorded
-        def find_spec(self, name, path=None, target=None):
-            if name == "learnware" or name.startswith("learnware."):
-                hits.append(name)
-                raise ImportError(f"the market process must not import {name}")
-            return None
-
-    sys.meta_path.insert(0, Block())
+SUBPROCESS = BLOCK_REFERENCE_IMPORTS + textwrap.dedent('''
     from lwgpu.market import Market
     from lwgpu.spec.rkme import RKME
 

@@ -27,6 +27,7 @@ ref_spec = pytest.importorskip("learnware.specification")
 from lwgpu.market import Market, SubmissionError  # noqa: E402
 from lwgpu.market.worker import close_workers  # noqa: E402
 from lwgpu.spec.rkme import RKME  # noqa: E402
+from market_testutil import BLOCK_REFERENCE_IMPORTS  # noqa: E402
 
 D = 5
 REPO = Path(__file__).resolve().parents[2]
@@ -186,20 +187,7 @@ def test_semantic_spec_from_the_package_or_missing(ref_market):
     assert "semantic_spec=" in refused.reason
 
 
-SUBPROCESS = textwrap.dedent('''
-    import json, sys
-    import numpy as np
-
-    hits = []
-
-    class Block:  # any import of the reference package in this (the market's) process is recorded
-        def find_spec(self, name, path=None, target=None):
-            if name == "learnware" or name.startswith("learnware."):
-                hits.append(name)
-                raise ImportError(f"the market process must not import {name}")
-            return None
-
-    sys.meta_path.insert(0, Block())
+SUBPROCESS = BLOCK_REFERENCE_IMPORTS + textwrap.dedent('''
     from lwgpu.market import Market
     from lwgpu.spec.rkme import RKME
 
