@@ -13,11 +13,12 @@ two lwgpu threads from seeing each other's temporary value).
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["current_umask", "file_mode", "dir_mode", "apply_file_mode", "make_temp_dir"]
+__all__ = ["current_umask", "file_mode", "dir_mode", "apply_file_mode", "make_temp_dir", "write_atomic"]
 
 _umask_lock = threading.Lock()
 
@@ -60,3 +61,41 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp.") -> Path:
     path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(path, dir_mode())
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | memoryview | object, fsync: bool = True,
+                 tmp_prefix: str = ".lw.") -> None:
+    """Write ``data`` (bytes, or any C-contiguous buffer such as a numpy array, in 64 MiB chunks) to ``path``
+    through a temp file beside it (``tmp_prefix`` + name) and ``os.replace``. The file gets mode
+    0o666 & ~umask, as ``open`` gives; with ``fsync`` the file and its folder are synced (durable)."""
+    path = Path(path)
+    tmp = path.parent / f"{tmp_prefix}{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            view = memoryview(data)
+            view = view.cast("B") if view.nbytes else view  # (an empty array's view cannot be cast)
+            for s in range(0, view.nbytes, 1 << 26):
+                f.write(view[s : s + (1 << 26)])
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)

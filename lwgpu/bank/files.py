@@ -29,13 +29,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .. import fsutil
 
 try:
     import fcntl
@@ -67,39 +68,11 @@ def file_names(K: int) -> dict[str, str]:
             "z": f"z.k{K}.bin", "beta": f"beta.k{K}.bin"}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes | np.ndarray) -> None:
-    """Write ``data`` (bytes, or an array's raw bytes, in chunks) to ``path`` through a temp file +
-    ``os.replace``; the file gets mode 0o666 & ~umask (as ``open`` gives) and is fsync'd."""
-    tmp = path.parent / f".lwbank.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, np.ndarray):
-                flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-                for s in range(0, flat.size, 1 << 26):
-                    f.write(memoryview(flat[s : s + (1 << 26)]))
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``data`` (bytes, or an array's raw bytes) to ``path`` durably through a ``.lwbank.*.tmp`` file and
+    ``os.replace`` (:func:`lwgpu.fsutil.write_atomic`; leftovers of a crash are swept on open)."""
+    fsutil.write_atomic(path, np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data,
+                        fsync=True, tmp_prefix=".lwbank.")
 
 
 class BankLockedError(ValueError):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 
 from ..device import resolve_device, single_torch_thread
 from ..kernels.nngp import ConvNNGP, DiagMaps, NNGPConfig
-from ..fsutil import apply_file_mode
+from ..fsutil import write_atomic
 from ._fit_image import IMAGE_WIDTH, _chunked_cross, _fit_batch
 
 logger = logging.getLogger(__name__)
@@ -322,16 +321,7 @@ class ImageRKME:
         """Write the reference's JSON, atomically (temp file + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, separators=(",", ":"))
-            apply_file_mode(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(self.to_dict(), separators=(",", ":")).encode(), fsync=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: Any = "cpu") -> "ImageRKME":

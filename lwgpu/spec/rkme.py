@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ import torch
 
 from .. import settings
 from ..device import resolve_device, resolve_dtype
-from ..fsutil import apply_file_mode
+from ..fsutil import write_atomic
 from ..kernels import backend as kernel_backend  # a module alias: lwgpu.kernels imports lwgpu.spec.validation
 from ..kernels.torch_backend import gaussian_kernel
 from .fit import fit_arrays
@@ -329,16 +328,7 @@ class RKME:
         """Write JSON in the reference package's format, atomically (temp file + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                apply_file_mode(fh.fileno())  # mkstemp makes 0o600; the spec gets 0o666 & ~umask as open() gives
-                json.dump(self.to_dict(), fh, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(self.to_dict(), separators=(",", ":")).encode(), fsync=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None, device: Any = "cpu") -> "RKME":
