@@ -351,8 +351,11 @@ class Market:
         return lw
 
     def list(self, filter: Mapping[str, Any] | None = None) -> list[Learnware]:
-        """Learnwares admitted by a partial semantic spec ``filter`` (all when None), see semantic_filter."""
-        return [self.get(i) for i in self.store.filter_ids(as_semantic(filter)).tolist()]
+        """Learnwares admitted by a partial semantic spec ``filter`` (all when None), see semantic_filter.
+
+        Under the read lock: a concurrent ``delete`` cannot remove an id between the filter and its ``get``."""
+        with self._lock.read():
+            return [self.get(i) for i in self.store.filter_ids(as_semantic(filter)).tolist()]
 
     def bank(self, d: int | str) -> Any:
         """The SpecBank of the table specs of input dimension ``d``, or the bank of a bank key (``text-...``,
