@@ -87,41 +87,56 @@ class PhaseTimer:
 
 
 def run(rounds: int, per_round: int, workdir: Path, spare: bool = True, reference: bool = True) -> dict[str, Any]:
-    """Single submissions (interleaved with the reference's unless ``reference=False``: back to back);
-    per label the median over rounds of each round's median (s)."""
+    """Single submissions, each side alone: every round lwgpu submits its packages back to back, then the
+    reference adds the same number back to back on its faster torch thread setting (probed on the warm-up
+    adds); per label the median over rounds of each round's median (s)."""
     from lwgpu.market import Market
     from lwgpu.market import zygote
 
     zygote.SPARE_WORKERS = spare
-    paths, _ = make_learnwares(rounds * per_round + 2, workdir / "pkgs")
+    n_pkg = rounds * per_round + 2
+    paths, _ = make_learnwares(n_pkg, workdir / "pkgs")
     ours = Market(workdir / "ours", device="cpu")
     ref = _reference_market(workdir / "ref", "bench_submit") if reference else None
     for p in paths[:2]:  # warm-up: zygote start, first imports, first database writes
         ours.submit(p)
+    threads = 0
     if ref is not None:
-        _add_reference(ref, paths[:2])
+        ref_paths, _ = make_learnwares(n_pkg + 6, workdir / "ref_pkgs", seed=1)  # its own copies: no shared caches
+        _add_reference(ref, ref_paths[:2])
+        probes = iter([(2, 5), (5, 8)])  # three adds per thread setting, their median
+
+        def probe() -> float:
+            a, b = next(probes)
+            return statistics.median(_add_reference(ref, ref_paths[a:b], offset=a)[1])
+
+        threads = common.pick_reference_threads(probe).threads
+        ref_paths = ref_paths[8:]
     timer = PhaseTimer()
     medians: dict[str, list[float]] = defaultdict(list)
     try:
         for r in range(rounds):
             rows: dict[str, list[float]] = defaultdict(list)
-            for i, p in enumerate(paths[2 + r * per_round: 2 + (r + 1) * per_round], start=2 + r * per_round):
+            for p in paths[2 + r * per_round: 2 + (r + 1) * per_round]:
                 timer.take()
                 t = time.perf_counter()
                 ours.submit(p)
                 rows["lwgpu submit (total)"].append(time.perf_counter() - t)
                 for label, sec in timer.take().items():
                     rows[label].append(sec)
-                if ref is not None:
-                    _, ref_t = _add_reference(ref, [p], offset=i)
-                    rows["reference add_learnware"].append(ref_t[0])
+            if ref is not None:
+                with common.torch_threads(threads):
+                    _, ref_t = _add_reference(ref, ref_paths[r * per_round: (r + 1) * per_round], offset=8 + r * per_round)
+                rows["reference add_learnware"] = ref_t
             for label, v in rows.items():
                 medians[label].append(statistics.median(v))
     finally:
         timer.close()
         ours.close()
         zygote.SPARE_WORKERS = True
-    return {label: statistics.median(v) for label, v in medians.items()}
+    out: dict[str, Any] = {label: statistics.median(v) for label, v in medians.items()}
+    out["reference threads"] = threads
+    return out
 
 
 def _table(res: dict[str, Any], res_nospare: dict[str, Any] | None) -> list[str]:
@@ -130,7 +145,7 @@ def _table(res: dict[str, Any], res_nospare: dict[str, Any] | None) -> list[str]
     lines = [head, "|---|---|---|" + ("---|" if res_nospare else "")]
     total = res["lwgpu submit (total)"]
     for label in order:
-        if label not in res:
+        if label not in res or label == "reference threads":
             continue
         ms = 1e3 * res[label]
         share = "" if label.startswith("reference") else f"{res[label] / total:.0%}"
@@ -140,8 +155,9 @@ def _table(res: dict[str, Any], res_nospare: dict[str, Any] | None) -> list[str]
         lines.append(row)
     if "reference add_learnware" in res:
         ratio = res["lwgpu submit (total)"] / res["reference add_learnware"]
-        lines += ["", f"lwgpu / reference time per submission: {ratio:.2f}x (lower = lwgpu faster; interleaved, "
-                      "same packages)"]
+        lines += ["", f"lwgpu / reference time per submission: {ratio:.2f}x (lower = lwgpu faster; each side alone, "
+                      f"rounds alternating; the reference on {res['reference threads']} torch thread(s), its faster "
+                      "setting probed in this run)"]
     return lines
 
 
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                               common.command("bench_submit", argv), [
         "- one package per call (d=16, K=50, a Python linear model; `make_learnwares` of bench_market), "
         + ("lwgpu alone, back to back; " if args.no_reference else
-           "lwgpu and the reference interleaved on the same packages; ") + "the reference runs the model check in its "
+           "each side alone, back to back, rounds alternating (lwgpu's round, then the reference's on equal "
+           "packages); ") + "the reference runs the model check in its "
         "own process, lwgpu in a fresh worker forked from a warm zygote inside bubblewrap (when installed)",
         f"- {rounds} rounds of {per} submissions; each number is the median over rounds of the round's median; "
         "phases are wall time of the functions `submit` calls (sub-phases indented; herding overlaps the "

@@ -79,20 +79,27 @@ MIXTURE_QP_CHECK_EVERY = 25
 # Measured on lwgpu.data.clustered markets (K=32, d=16), 2-core CPU: benchmarks/results/index.md.
 #: Random-feature map of a spec for FAISS: "orf" (orthogonal random Fourier features), "rff", "nystroem".
 INDEX_EMBEDDER = "orf"
-#: Embedding dimension (ORF at D=512 holds the exact top-10 within 31 candidates at N=10k).
-INDEX_D = 512
+#: Embedding dimension. Where a query's nearest specs lie far out among many near-ties (the 100,000-spec
+#: prefix of the 1M clustered market: d_100 / d_10 = 1.05), ORF noise decides the order: with exact
+#: embeddings and 1,000 re-ranked candidates recall@10 was 0.95 at D=512 and 1.00 at D=1024 (scratch study of
+#: 2026-12-01, 40 users; the numbers are in benchmarks/notes/market_scale.md).
+INDEX_D = 1024
 #: FAISS candidates re-ranked by the exact distance per query (filtered or not); also the pool a
 #: market search scores over when the index answers.
-INDEX_CANDIDATES = 100
+#: 1,000 cost ~2 ms of exact MMD (K=32, d=16) and lifted recall@10 on that prefix from 0.88 to 0.9975.
+INDEX_CANDIDATES = 1000
 #: HNSW efSearch when none is given (raised to at least the candidates).
 INDEX_EF_SEARCH = 256
 #: ``factory="auto"``: exhaustive ``Flat`` below this many specs.
 INDEX_FLAT_MAX = 16_384
-#: ``factory="auto"`` from INDEX_FLAT_MAX specs on: ``IVF{nlist},PQ{D/INDEX_PQ_DIMS_PER_CODE}x4fs``, 4-bit PQ
-#: codes scanned by FAISS's SIMD fast scan (128 bytes per spec at D=512). At N=1M, nprobe 512: 17 ms per
-#: query at recall@10 1.000 (IVF1024,SQ8: ~105 ms single-threaded, 56 ms on 2 threads; IVF1024,Flat 99 ms);
-#: 4 dims per code (PQ128x4fs) was faster still but lost filtered recall (0.91 at 10% admitted, N=20k).
-INDEX_PQ_DIMS_PER_CODE = 2
+#: ``factory="auto"`` from INDEX_FLAT_MAX specs on: ``IVF{nlist},PQ{D/per}x4fs``, 4-bit PQ codes scanned by
+#: FAISS's SIMD fast scan, ``per`` = INDEX_PQ_DIMS_PER_CODE dimensions per code up to INDEX_FINE_CODES_MAX_N
+#: specs (512 bytes per spec at D=1024), then INDEX_PQ_DIMS_PER_CODE_LARGE (256 bytes: half the scan).
+#: 100k prefix of the 1M market, 1,000 candidates: PQ1024x4fs recall@10 0.9975 (5 ms), PQ512x4fs 0.975.
+#: Full 1M market, nprobe 512: PQ512x4fs 0.997 at 34 ms, PQ1024x4fs 1.000 at 64 ms; D=512 PQ256x4fs 0.976.
+INDEX_PQ_DIMS_PER_CODE = 1
+INDEX_PQ_DIMS_PER_CODE_LARGE = 2
+INDEX_FINE_CODES_MAX_N = 262_144
 #: ``factory="auto"``: IVF lists = the power of two nearest ``INDEX_LISTS_PER_SQRT_N * sqrt(N)``.
 INDEX_LISTS_PER_SQRT_N = 1.0
 #: Unfiltered IVF nprobe: ``INDEX_PROBE_BASE`` lists per ``INDEX_PROBE_PER`` specs (at least

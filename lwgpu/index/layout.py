@@ -1,8 +1,9 @@
 """FAISS layouts by bank size: the one place that turns N into a factory string and probe counts.
 
 :func:`auto_layout` is what ``SpecIndex(bank)`` (``factory="auto"``) builds: exhaustive ``Flat`` for
-small banks, then ``IVF{nlist},PQ{D/4}x4fs`` (4-bit product-quantised codes scanned with FAISS's SIMD
-fast scan; the quantisation error is absorbed by the exact re-ranking), with ``nlist ~ sqrt(N)`` and an
+small banks, then ``IVF{nlist},PQ{D/per}x4fs`` (4-bit product-quantised codes scanned with FAISS's SIMD
+fast scan; the quantisation error is absorbed by the exact re-ranking; finer codes, ``per`` = 1, up to
+``INDEX_FINE_CODES_MAX_N`` specs, where the scan is cheap), with ``nlist ~ sqrt(N)`` and an
 ``nprobe`` that grows with N. :func:`filtered_probe` raises the probe
 count when an id selector admits only a fraction of the specs. Every constant lives in
 :mod:`lwgpu.settings` (``INDEX_*``); the measurements behind them are in benchmarks/results/index.md.
@@ -58,10 +59,11 @@ def default_nprobe(n: int, nlist: int) -> int:
     return int(min(max(1, nlist), settings.INDEX_PROBE_BASE * per))
 
 
-def auto_codes(D: int) -> str:
-    """IVF codes for embeddings of dimension ``D``: ``PQ{D/INDEX_PQ_DIMS_PER_CODE}x4fs`` (fast scan), or
+def auto_codes(D: int, n: int = 0) -> str:
+    """IVF codes for ``n`` specs embedded in ``D`` dimensions: ``PQ{D/per}x4fs`` (fast scan) with ``per`` =
+    ``INDEX_PQ_DIMS_PER_CODE`` up to ``INDEX_FINE_CODES_MAX_N`` specs, else ``INDEX_PQ_DIMS_PER_CODE_LARGE``;
     ``SQ8`` when D does not split into whole sub-vectors."""
-    per = settings.INDEX_PQ_DIMS_PER_CODE
+    per = settings.INDEX_PQ_DIMS_PER_CODE if n <= settings.INDEX_FINE_CODES_MAX_N else settings.INDEX_PQ_DIMS_PER_CODE_LARGE
     return f"PQ{D // per}x4fs" if D % per == 0 and D >= per else "SQ8"
 
 
@@ -72,7 +74,7 @@ def auto_layout(n: int, D: int | None = None) -> Layout:
     if n < settings.INDEX_FLAT_MAX:
         return Layout("Flat")
     nlist = auto_nlist(n)
-    return Layout(f"IVF{nlist},{auto_codes(D)}", nlist, default_nprobe(n, nlist))
+    return Layout(f"IVF{nlist},{auto_codes(D, n)}", nlist, default_nprobe(n, nlist))
 
 
 def clip_factory(factory: str, n: int, quiet: bool = False) -> str:

@@ -7,7 +7,7 @@ the k-th exact distance ``d_k`` only if its noise exceeds ``e_m - d_k``. With th
 spread ``sigma`` measured on the pool itself (``e - d`` of the re-ranked candidates), the pool is
 *certified* when ``e_m - mu - d_k >= z * sigma`` (``settings.INDEX_CERTIFY_Z``); otherwise it grows
 (x ``INDEX_CERTIFY_GROWTH``) up to ``INDEX_MAX_CANDIDATES``. A pool holding every reachable admitted spec is
-certified too. Unfiltered queries usually certify with the first 100 candidates; a filter admitting
+certified too. Unfiltered queries usually certify with the first ``INDEX_CANDIDATES`` (1,000); a filter admitting
 few specs near the query pushes the admitted top-k out to where many specs lie at nearly equal
 distances, and the pool grows to cover them (on the clustered market at N = 100,000, 1,600 of 5,000
 admitted at 5%).

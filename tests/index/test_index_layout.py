@@ -11,10 +11,12 @@ from lwgpu.index.rerank import certified, grow_pool
 def test_auto_layout_per_size():
     assert auto_layout(10).factory == "Flat" and auto_layout(settings.INDEX_FLAT_MAX - 1).kind == "flat"
     mid = auto_layout(20_000)
-    assert (mid.factory, mid.nlist, mid.nprobe) == ("IVF128,PQ256x4fs", 128, 128)
-    assert auto_layout(100_000).factory == "IVF256,PQ256x4fs" and auto_layout(100_000).nprobe == 128
+    assert (mid.factory, mid.nlist, mid.nprobe) == ("IVF128,PQ1024x4fs", 128, 128)  # D=1024, one dim per code
+    assert auto_layout(100_000).factory == "IVF256,PQ1024x4fs" and auto_layout(100_000).nprobe == 128
+    edge = settings.INDEX_FINE_CODES_MAX_N
+    assert auto_layout(edge).factory.endswith(",PQ1024x4fs") and auto_layout(edge + 1).factory.endswith(",PQ512x4fs")
     big = auto_layout(1_000_000)
-    assert (big.factory, big.nprobe) == ("IVF1024,PQ256x4fs", 1024)  # 128 per 125,000 specs, at most every list
+    assert (big.factory, big.nprobe) == ("IVF1024,PQ512x4fs", 1024)  # 128 per 125,000 specs, at most every list
     assert auto_layout(1_000_000, D=510).factory == "IVF1024,PQ255x4fs"
     assert auto_layout(1_000_000, D=511).factory == "IVF1024,SQ8"  # no whole sub-vectors
     assert default_nprobe(10_000_000, 512) == 512  # never more than the lists

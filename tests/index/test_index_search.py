@@ -44,7 +44,7 @@ def test_recall_at_k_is_the_one_rule():
 
 def test_default_index_reaches_recall_099_on_20000_specs(market):
     bank, queries, (ed, ei), index = market
-    assert index.built_factory == "IVF128,PQ256x4fs" and index.D == settings.INDEX_D  # factory="auto" at 20k
+    assert index.built_factory == "IVF128,PQ1024x4fs" and index.D == settings.INDEX_D  # factory="auto" at 20k
     nb = index.search(queries, 10)
     dists, ids = nb
     assert nb.method == "index" and recall_at_k(ids, ei) >= 0.99
