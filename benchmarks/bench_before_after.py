@@ -7,22 +7,34 @@ checkout, alternating between the two, ``--reps`` times; the table reports media
 
 Usage::
 
-    git worktree add /tmp/lwgpu-before <commit-before>        # the tree to compare against
-    python -m benchmarks.bench_before_after --before /tmp/lwgpu-before [--reps 5] [--out FILE]
+    python -m benchmarks.bench_before_after [--reps 5] [--out FILE]   # before = BEFORE_COMMIT, checked out
+    python -m benchmarks.bench_before_after --before /path/to/older/checkout   # any other tree
+
+Without ``--before`` the script checks ``--before-commit`` (default :data:`BEFORE_COMMIT`, the commit
+before issue 10's rework) out into a temporary ``git worktree`` and removes it afterwards, so
+``make bench`` regenerates this table too (a clone with history is needed: not ``--depth 1``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from benchmarks import common
 
 HERE = Path(__file__).resolve().parent
 AFTER = HERE.parent
 RESULTS = HERE / "results"
+#: The commit before the engine rework of issue 10: what "before" means by default.
+BEFORE_COMMIT = "d003b62"
 
 #: One child process per (workload, tree, repeat): it prints one JSON object of timings.
 CHILD = r'''
@@ -60,7 +72,7 @@ if work == "exact":
 elif work == "index":
     from lwgpu.index import SpecIndex
     bank, users = arrays(p["N"], p["Q"])
-    t = time.perf_counter(); idx = SpecIndex(bank, factory=p["factory"], device="cpu"); out["build_s"] = time.perf_counter() - t
+    t = time.perf_counter(); idx = SpecIndex(bank, factory=p["factory"], D=p["D"], candidates=p["candidates"], device="cpu"); out["build_s"] = time.perf_counter() - t
     out["single_p50_ms"] = per_query(lambda u: idx.search(u, k=10), users, p["Q"])
 elif work == "market":
     from sklearn.linear_model import LogisticRegression
@@ -96,7 +108,8 @@ print("RESULT " + json.dumps(out))
 
 WORKLOADS = {
     "exact": {"N": 20000, "Q": 20, "K": 32, "d": 16},
-    "index": {"N": 100000, "Q": 50, "K": 32, "d": 16, "factory": "IVF1024,Flat"},
+    "index": {"N": 100000, "Q": 50, "K": 32, "d": 16, "factory": "IVF1024,Flat",
+              "D": 512, "candidates": 100},
     "market": {"N": 300, "Q": 20, "K": 32, "d": 16},
 }
 
@@ -118,13 +131,44 @@ def git_head(tree: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", required=True, help="checkout of the commit before the rework")
+    ap.add_argument("--before", default=None, help="checkout of the commit before the rework "
+                    "(default: --before-commit checked out into a temporary git worktree)")
+    ap.add_argument("--before-commit", default=BEFORE_COMMIT, help="commit the temporary worktree checks out")
     ap.add_argument("--after", default=str(AFTER), help="checkout to measure (default: this one)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--out", default=str(RESULTS / "before_after.md"))
     args = ap.parse_args(argv)
-    before, after = Path(args.before).resolve(), Path(args.after).resolve()
+    if args.before is None:
+        with temporary_worktree(args.before_commit) as tree:
+            measure(args, tree)
+    else:
+        measure(args, Path(args.before))
+
+
+@contextlib.contextmanager
+def temporary_worktree(commit: str) -> Iterator[Path]:
+    """``commit`` of this repository checked out (detached) into a temporary folder, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="lwgpu-before-"))
+    tree = tmp / "tree"
+    try:
+        subprocess.run(["git", "-C", str(AFTER), "worktree", "add", "--detach", str(tree), commit],
+                       check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise SystemExit(f"bench_before_after: cannot check out {commit} from {AFTER} ({detail.strip()}); "
+                         "run it in a clone with history, or pass --before <checkout>") from exc
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(AFTER), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, before: Path) -> None:
+    """Run the workloads alternately on ``before`` and ``args.after`` and write the table."""
+    before, after = before.resolve(), Path(args.after).resolve()
     rows = []
     for work in args.workloads.split(","):
         runs: dict[str, list[dict]] = {"before": [], "after": []}
@@ -141,10 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "## Before / after the engine rework (issue 10), side by side",
         "",
+        common.machine_line(),
         f"- before: `{git_head(before)}`, after: `{git_head(after)}`; each number the median of {args.reps} "
         "fresh processes per side, alternating; torch 2 threads",
         f"- workloads: {json.dumps(WORKLOADS)}",
-        f"- command: `python -m benchmarks.bench_before_after --before <checkout of {git_head(before)}> --reps {args.reps}`",
+        f"- command: `python -m benchmarks.bench_before_after --before-commit {git_head(before)} --reps {args.reps}`",
         "- ratio > 1: after is faster (time: before/after; rate: after/before)",
         "",
         "| workload | metric | before | after | ratio |",

@@ -94,3 +94,27 @@ def test_assemble_puts_notes_after_results_and_never_writes_them(tmp_path, monke
     assert text.startswith(run_all.HEADER)
     assert "| bench_fit | quick | 12 | 2026-12-01 04:00 | 0 |" in text
     assert (notes / "fit.md").read_text() == "### fit reading\n"
+
+
+def test_before_after_checks_out_its_commit_and_cleans_up():
+    import subprocess
+
+    from benchmarks import bench_before_after as ba
+
+    head = subprocess.run(["git", "-C", str(ba.AFTER), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    has = subprocess.run(["git", "-C", str(ba.AFTER), "cat-file", "-e", ba.BEFORE_COMMIT + "^{commit}"])
+    if has.returncode != 0:
+        pytest.skip("a clone without history (the before commit is missing)")
+    with ba.temporary_worktree(ba.BEFORE_COMMIT) as tree:
+        assert (tree / "lwgpu").is_dir()
+        full = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert full.startswith(ba.BEFORE_COMMIT)
+    assert not tree.exists()
+    listed = subprocess.run(["git", "-C", str(ba.AFTER), "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(tree) not in listed
+    with pytest.raises(SystemExit, match="cannot check out"):
+        with ba.temporary_worktree("0" * 40):
+            pass
+    assert "before_after" not in run_all.SKIP  # make bench runs it too
