@@ -74,3 +74,25 @@ def test_spec_engine_is_a_config_choice():
         cfg = compose(config_name="config", overrides=["debug=default", "spec.engine=jax", "device=cpu"])
     with pytest.raises(ValueError, match="unknown fit engine"):
         instantiate(cfg.spec.fit)(data)
+
+
+def test_index_config_mirrors_the_settings_it_documents():
+    """configs/index/ivf.yaml lists each INDEX_*/PLANNER_* value next to its name: they must agree."""
+    from lwgpu import settings
+
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "index" / "ivf.yaml")
+    assert cfg.build.D == settings.INDEX_D and cfg.build.candidates == settings.INDEX_CANDIDATES
+    assert cfg.build.embedder == settings.INDEX_EMBEDDER
+    names = {"flat_max": "INDEX_FLAT_MAX", "pq_dims_per_code": "INDEX_PQ_DIMS_PER_CODE",
+             "fine_codes_max_n": "INDEX_FINE_CODES_MAX_N", "pq_dims_per_code_large": "INDEX_PQ_DIMS_PER_CODE_LARGE",
+             "lists_per_sqrt_n": "INDEX_LISTS_PER_SQRT_N", "probe_base": "INDEX_PROBE_BASE",
+             "probe_per": "INDEX_PROBE_PER", "filter_probe_power": "INDEX_FILTER_PROBE_POWER",
+             "filter_candidate_power": "INDEX_FILTER_CANDIDATE_POWER", "certify_z": "INDEX_CERTIFY_Z",
+             "max_candidates": "INDEX_MAX_CANDIDATES", "rebuild_growth": "INDEX_REBUILD_GROWTH"}
+    assert set(cfg.rules) == set(names)
+    for key, name in names.items():
+        assert cfg.rules[key] == getattr(settings, name), (key, name)
+    planner = {"exact_max_rows": "PLANNER_EXACT_MAX_ROWS", "index_min_fraction": "PLANNER_INDEX_MIN_FRACTION",
+               "fallback_max_rows": "PLANNER_FALLBACK_MAX_ROWS"}
+    for key, name in planner.items():
+        assert cfg.planner[key] == getattr(settings, name), (key, name)
