@@ -8,7 +8,8 @@ pair of points is at least ``g = max(0, ||c_A - c_B|| - r_A - r_B)`` apart, so t
 
 and ``mmd2(A, B) = <A,A> + <B,B> - 2 <A,B> >= <A,A> + <B,B> - 2 |a|_1 |b|_1 exp(-gamma g^2)``. The search
 uses the tighter per-query-point form ``<A, B> <= |b|_1 sum_i |a_i| exp(-gamma max(0, ||x_i - c_B|| - r_B)^2)``
-(``Q x K x N x d`` flops, still a K-th of a kernel sum).
+(``Q x K x N x d`` flops, still a K-th of a kernel sum), computed by a fused numba kernel
+(:mod:`lwgpu.kernels._bounds_numba`) that skips the exponential of points far beyond a ball.
 The bound is rigorous (not a tolerance): a spec whose bound exceeds the current k-th exact distance
 (plus the rounding allowance of the float32 kernel sums, as for :class:`~lwgpu.search.exact.Pivots`)
 cannot be among the k nearest. On markets whose specs form separated groups, which is what a semantic
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import settings
+from ..kernels._bounds_numba import ball_lower_bounds
 from ..kernels.backend import KernelBackend, Packed
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ class BallBounds:
     """The bounding balls of a bank's rows, following the bank (see the module docstring).
 
     Use :func:`bounds_for` (one per bank, built on first use); attributes ``centre`` (N, d) float32,
-    ``radius`` (N,) and ``l1`` (N,) float64, aligned with the bank's rows.
+    ``radius``, ``l1`` and ``self_inner`` (N,) float64, aligned with the bank's rows, and ``self_max`` (an
+    upper bound on the bank's largest self term, for the rounding allowance).
     """
 
     def __init__(self, bank: Any) -> None:
@@ -72,6 +75,8 @@ class BallBounds:
         self.centre = np.empty((0, bank.d), np.float32)
         self.radius = np.empty(0)
         self.l1 = np.empty(0)
+        self.self_inner = np.empty(0)
+        self.self_max = 0.0
         self.version = -1
         bank.watch(self)
         self._rebuild()
@@ -83,9 +88,14 @@ class BallBounds:
             return np.empty((0, self.bank.d), np.float32), np.empty(0), np.empty(0)
         return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
+    def _self_terms(self, start: int, stop: int) -> np.ndarray:
+        return self.bank.self_inner[start:stop].detach().cpu().numpy().astype(np.float64)
+
     def _rebuild(self) -> None:
         n = len(self.bank)
         self.centre, self.radius, self.l1 = self._compute(0, n)
+        self.self_inner = self._self_terms(0, n)
+        self.self_max = float(self.self_inner.max()) if n else 0.0
         self.version = self.bank.version
         logger.debug("BallBounds: balls of %d specs computed", n)
 
@@ -98,6 +108,9 @@ class BallBounds:
         self.centre = np.concatenate([self.centre, c])
         self.radius = np.concatenate([self.radius, r])
         self.l1 = np.concatenate([self.l1, l1])
+        new = self._self_terms(start, start + count)
+        self.self_inner = np.concatenate([self.self_inner, new])
+        self.self_max = max(self.self_max, float(new.max())) if count else self.self_max
         self.version = version
 
     def rows_moved(self, src: np.ndarray, dst: np.ndarray, n: int, version: int) -> None:
@@ -105,9 +118,10 @@ class BallBounds:
         if self.version != version - 1:
             self.version = -1
             return
-        for a in (self.centre, self.radius, self.l1):
+        for a in (self.centre, self.radius, self.l1, self.self_inner):
             a[dst] = a[src]
         self.centre, self.radius, self.l1 = self.centre[:n], self.radius[:n], self.l1[:n]
+        self.self_inner = self.self_inner[:n]  # self_max stays: an upper bound still
         self.version = version
 
     def current(self) -> "BallBounds":
@@ -118,21 +132,15 @@ class BallBounds:
 
     def lower_bounds(self, q: Packed, rows: np.ndarray) -> np.ndarray:
         """float64 (Q, M) lower bounds on the squared MMD of queries ``q`` to bank ``rows`` (M,)."""
-        c = self.centre[rows].astype(np.float64)  # (M, d)
-        r, l1 = self.radius[rows], self.l1[rows]
-        cc = np.einsum("md,md->m", c, c)
-        s_b = self.bank.self_inner.detach().cpu().numpy()[rows]
+        rows = np.ascontiguousarray(rows, np.int64)
         s_q = q.self_inner.detach().cpu().numpy().astype(np.float64)
         qz = q.z.detach().cpu().numpy().astype(np.float64)
         qb = np.abs(q.beta.detach().cpu().numpy().astype(np.float64))
         out = np.empty((len(qz), len(rows)))
         for i in range(len(qz)):
             live = qb[i] != 0
-            x, a = qz[i][live], qb[i][live]  # (Kq, d), (Kq,)
-            sq = np.einsum("kd,kd->k", x, x)[:, None] + cc[None] - 2.0 * (x @ c.T)  # (Kq, M)
-            gap = np.maximum(np.sqrt(np.maximum(sq, 0.0)) * (1.0 - 1e-9) - r[None], 0.0)
-            cross = l1 * (a @ np.exp(-float(self.bank.gamma) * gap * gap))
-            out[i] = s_q[i] + s_b - 2.0 * cross
+            out[i] = ball_lower_bounds(qz[i][live], qb[i][live], s_q[i], self.centre, self.radius, self.l1,
+                                       self.self_inner, rows, float(self.bank.gamma))
         return out
 
 
@@ -158,7 +166,7 @@ def pruned_rows_search(bank: Any, q: Packed, rows: np.ndarray, ids: np.ndarray, 
     nq = len(q)
     bounds = bounds_for(bank)
     lb = bounds.lower_bounds(q, rows)
-    slack = 4.0 * settings.PIVOTS_REL_TOL * (float(bank.self_inner.max()) + float(q.self_inner.max())) \
+    slack = 4.0 * settings.PIVOTS_REL_TOL * (bounds.self_max + float(q.self_inner.max())) \
         if bank.dtype != torch.float64 else 0.0
     first = min(m, max(4 * k, settings.PRUNE_FIRST_STEP) if first is None else int(first))
     out_d, out_i, visited = [], [], 0

@@ -75,6 +75,39 @@ def test_balls_follow_appends_and_deletes(arrays):
     np.testing.assert_array_equal(kept.centre, c)
     np.testing.assert_array_equal(kept.radius, r)
     np.testing.assert_array_equal(kept.l1, l1)
+    np.testing.assert_array_equal(kept.self_inner, bank.self_inner.numpy().astype(np.float64))
+    assert kept.self_max >= kept.self_inner.max()  # a delete may lower the maximum; the bound stays above it
+
+
+def _bound_float64(qz, qa, s_q, centre, radius, l1, s_b, gamma):
+    """The bound's formula in float64 numpy with every exponential (the maths the kernel computes; distances
+    shrunk by the kernel's relative 1e-9, which only lowers the bound)."""
+    dist = np.linalg.norm(qz[:, None, :] - centre[None].astype(np.float64), axis=2) * (1.0 - 1e-9)  # (Kq, M)
+    gap = np.maximum(dist - radius[None], 0.0)
+    return s_q + s_b - 2.0 * l1 * (qa @ np.exp(-gamma * gap * gap))
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 30.0])  # overlapping balls, some far, all far (the cut-off)
+def test_bound_kernel_matches_its_formula_and_skips_only_negligible_terms(spread):
+    from lwgpu.kernels._bounds_numba import EXP_CUTOFF, ball_lower_bounds
+
+    rng = np.random.default_rng(int(spread * 10))
+    m, d, kq = 400, 5, 9
+    centre = (rng.normal(size=(m, d)) * spread).astype(np.float32)
+    radius, l1 = rng.uniform(0.1, 2.0, m), rng.uniform(0.5, 1.5, m)
+    s_b = np.zeros(m)  # self terms 0: the cross term alone, so the cut-off's 2e-22 shares stay visible
+    qz, qa = rng.normal(size=(kq, d)), rng.dirichlet(np.ones(kq))
+    rows = rng.permutation(m)[:300]
+    got = ball_lower_bounds(qz, qa, 0.0, centre, radius, l1, s_b, rows, GAMMA)
+    want = _bound_float64(qz, qa, 0.0, centre[rows], radius[rows], l1[rows], s_b[rows], GAMMA)
+    tail = 2.0 * l1[rows] * qa.sum() * np.exp(-EXP_CUTOFF)  # what the cut-off may take off, at most
+    assert np.all(got <= want + 1e-12 * np.abs(want) + 1e-300)  # never above the formula (to rounding) ...
+    assert np.all(got >= want - tail * (1 + 1e-9) - 1e-12 * np.abs(want))  # ... and below it only by the tail
+    if spread == 30.0:
+        assert np.mean(got < want - 1e-3 * tail) > 0.5  # the cut-off branch ran for most rows
+    with_self = ball_lower_bounds(qz, qa, 0.7, centre, radius, l1, s_b + 0.3, rows, GAMMA)
+    np.testing.assert_allclose(with_self, got + 1.0, rtol=0, atol=1e-12)
+    assert ball_lower_bounds(qz, qa, 0.7, centre, radius, l1, s_b, rows[:0], GAMMA).shape == (0,)
 
 
 def test_planner_prunes_large_admitted_sets_with_exact_results(arrays):
