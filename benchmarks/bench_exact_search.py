@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import platform
 import subprocess
 import sys
 import time
@@ -38,14 +37,6 @@ GAMMA = 0.1
 K = 100
 TOPK = 10
 log = logging.getLogger("bench_exact_search")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def best_time(fn, repeats: int, budget_s: float = 20.0) -> float:

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmarks import common
 
@@ -210,16 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=str, default=None, help="default: benchmarks/results/index.md (+ index.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    try:
-        from lwgpu.kernels.numba_mmd import set_threads
-
-        set_threads(args.threads)
-    except ImportError:  # pragma: no cover - numba absent
-        pass
+    common.set_compute_threads(args.threads)
     if args.quick:
         args.sizes, args.queries, args.latency_queries = "10000,20000", 50, 50
     args.sizes_list = [int(s) for s in args.sizes.split(",") if s.strip()]

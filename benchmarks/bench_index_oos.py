@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from benchmarks import common
 
@@ -218,16 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         args.queries, args.latency_queries, args.exact_queries = 50, 50, 10
     args.sizes_list = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.command = common.command("bench_index_oos", list(sys.argv[1:] if argv is None else argv))
-    torch.set_num_threads(args.threads)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    try:
-        from lwgpu.kernels.numba_mmd import set_threads
-
-        set_threads(args.threads)
-    except ImportError:  # pragma: no cover - numba absent
-        pass
+    common.set_compute_threads(args.threads)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     rows = [measure(name, n, maker, args) for name, n, maker in markets(args)
             if not wanted or any(w in name for w in wanted)]

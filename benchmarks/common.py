@@ -129,6 +129,20 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def set_compute_threads(n: int) -> None:
+    """One thread count for every pool lwgpu's searches use: torch, FAISS (OpenMP) and numba."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(int(n))
+    faiss.omp_set_num_threads(int(n))
+    try:
+        from lwgpu.kernels.numba_mmd import set_threads
+    except ImportError:  # pragma: no cover - numba absent
+        return
+    set_threads(int(n))
+
+
 @dataclass
 class ThreadChoice:
     """The reference's measured thread setting: ``threads`` (the faster), and the probe seconds per setting."""
