@@ -6,8 +6,9 @@ same specs, in the same order:
 - class/int fields and tags: vectorised compares over the :class:`~.field_index.FieldIndex`
   snapshot of the indexed columns and the ``tags`` table;
 - a free text first looks for a case-insensitive substring in the text index of
-  :mod:`.schema` (Python-lower-cased texts: SQLite's trigram FTS5 table for texts of >= 3
-  characters, ``LIKE`` elsewhere; shorter texts on SQLite are checked in Python). If nothing matches, the
+  :mod:`.schema` (Python-lower-cased texts: on SQLite, a text of one word through the word index and
+  its vocabulary (:func:`_word_ids`), other texts of >= 3 characters through the trigram FTS5 table,
+  shorter ones checked in Python; ``LIKE`` elsewhere). If nothing matches, the
   fuzzy fallback scores the admitted learnwares' names and descriptions with
   :func:`~lwgpu.search.semantic_filter.fuzzy_scores` (rapidfuzz), best first.
 
@@ -24,7 +25,10 @@ from sqlalchemy.engine import Connection
 
 from ..search.semantic_filter import TEXT_FIELDS, fuzzy_scores, normalize_query
 from .field_index import FieldIndex, agg_ids, parse_ids
-from .schema import FTS_TABLE, TEXT_TABLE
+from .schema import FTS_TABLE, TEXT_TABLE, VOCAB_FTS, VOCAB_TABLE, WORDS_TABLE, is_word
+
+#: a word contained in more vocabulary terms than this is looked up by the trigram index instead
+WORD_TERMS_MAX = 256
 
 
 def _agg_json(dialect: str, col: str) -> str:
@@ -69,10 +73,32 @@ def _select(kept: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return kept[np.isin(kept, ids)]
 
 
+def _word_ids(conn: Connection, low: str) -> np.ndarray | None:
+    """SQLite: the ids (ascending) of the learnwares whose name or description contains the word ``low``
+    (lower-cased, >= 3 characters): the union of the word index's postings of every vocabulary term that
+    contains ``low``. None when ``low`` is not one run of token characters or is inside more than
+    :data:`WORD_TERMS_MAX` terms (the trigram index is then the cheaper lookup)."""
+    if not is_word(low):
+        return None
+    terms = conn.exec_driver_sql(
+        f"SELECT term FROM {VOCAB_TABLE} WHERE rowid IN (SELECT rowid FROM {VOCAB_FTS} WHERE {VOCAB_FTS} "
+        f"MATCH ? LIMIT {WORD_TERMS_MAX + 1})", ('"' + low + '"',)).scalars().all()
+    if len(terms) > WORD_TERMS_MAX:
+        return None
+    if not terms:
+        return parse_ids(None)
+    match = " OR ".join('"' + t + '"' for t in terms)  # token characters only: nothing to escape
+    return parse_ids(conn.exec_driver_sql(
+        f"SELECT {agg_ids('sqlite', 'rowid')} FROM {WORDS_TABLE} WHERE {WORDS_TABLE} MATCH ?", (match,)).scalar())
+
+
 def _substring(conn: Connection, kept: np.ndarray, whole: bool, low: str) -> np.ndarray:
     """The ids of ``kept`` (in its order) whose name or description contains ``low`` (lower-cased)."""
     d = conn.dialect.name
     if d == "sqlite" and len(low) >= 3:
+        ids = _word_ids(conn, low)
+        if ids is not None:
+            return _select(kept, ids)
         phrase = '"' + low.replace('"', '""') + '"'
         s = conn.execute(text(f"SELECT {agg_ids(d, 'rowid')} FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p"),
                          {"p": phrase}).scalar()

@@ -14,6 +14,7 @@ from lwgpu.kernels import reference as ref
 from lwgpu.market import Market, pack_learnware
 from lwgpu.market.checks import PROBE_TEXTS, SubmissionError
 from lwgpu.market.store import Store
+from lwgpu.market.schema import SCHEMA_VERSION
 from lwgpu.spec.io import IMAGE_TYPE, TABLE_TYPE, TEXT_TYPE
 from lwgpu.spec.rkme import RKME
 from lwgpu.spec.text import EncoderMismatchError, TextRKME, register_encoder
@@ -178,7 +179,7 @@ def test_version2_database_upgraded(tmp_path):
     store = Store(url)
     (row,) = store.rows()
     assert (row.spec_type, row.spec_key, row.encoder) == (TABLE_TYPE, None, None)
-    assert store.get_meta("schema_version") == "3"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
     groups = store.bank_groups(*store.ids_and_dims())
     assert {k: v.tolist() for k, v in groups.items()} == {"d3": [row.id]}
     store.dispose()

@@ -329,3 +329,98 @@ def test_filter_follows_writes_of_another_store(new_url):
         _check(a, specs, _query(q_rng, specs))
     a.dispose()
     b.dispose()
+
+
+def _sqlite_store(tmp_path, n: int = 250, seed: int = 9) -> tuple[Store, dict[int, dict]]:
+    rng = np.random.default_rng(seed)
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    specs = [_spec(rng) for _ in range(n)]
+    for j, sp in enumerate(specs[:40]):  # numbers and mixed runs, so that words sit inside longer terms
+        sp["name"] = f"{sp['name']} model{j}x 12{j}34 Über{j}"
+    return store, _fill(store, specs)
+
+
+def test_word_index_gives_the_trigram_index_ids(tmp_path):
+    """The word path (vocabulary terms containing the word, then their postings) returns exactly the ids
+    of the trigram phrase query, on random substrings of the stored texts: ASCII, non-ASCII, digits."""
+    from lwgpu.market.schema import is_word
+    from lwgpu.market.store_filter import _word_ids
+
+    store, specs = _sqlite_store(tmp_path)
+    rng = np.random.default_rng(10)
+    texts = [sp[f].lower() for sp in specs.values() for f in ("name", "description") if sp[f]]
+    used = 0
+    with store.engine.connect() as c:
+        for _ in range(400):
+            src = texts[int(rng.integers(len(texts)))]
+            a = int(rng.integers(len(src)))
+            sub = src[a:a + int(rng.integers(3, 10))]
+            if len(sub) < 3:
+                continue
+            got = _word_ids(c, sub)
+            if not is_word(sub):
+                assert got is None
+                continue
+            used += 1
+            assert got is not None and got.tolist() == _fts_ids(store, sub), sub
+        crossing = 0
+        for sp in specs.values():  # across the end of the name and the start of the description: no match
+            cross = (sp["name"][-3:] + sp["description"][:3]).lower()
+            if sp["description"] and is_word(cross):
+                crossing += 1
+                assert _word_ids(c, cross).tolist() == _fts_ids(store, cross), cross
+        assert crossing >= 5
+        for absent in ("zzqxv", "über999", "12345678"):
+            assert _word_ids(c, absent).tolist() == _fts_ids(store, absent) == []
+    assert used >= 100
+    store.dispose()
+
+
+def test_word_index_falls_back_when_a_word_is_in_many_terms(tmp_path, monkeypatch):
+    import lwgpu.market.store_filter as sf
+
+    store, specs = _sqlite_store(tmp_path, n=80)
+    with store.engine.connect() as c:
+        assert sf._word_ids(c, "model") is not None  # "model", "model0x", "model1x", ...
+        monkeypatch.setattr(sf, "WORD_TERMS_MAX", 3)
+        assert sf._word_ids(c, "model") is None
+    for q in ({"name": "model"}, {"name": "MODEL1"}, {"description": "über"}):
+        _check(store, specs, q)  # the trigram path answers the same
+    store.dispose()
+
+
+def test_word_index_follows_removals_and_upgrade_from_version_3(tmp_path, caplog):
+    """Removed learnwares leave the word index (their terms may stay in the vocabulary); a version-3
+    database (no word index) gets one, filled from the stored texts, when it is opened."""
+    from lwgpu.market.schema import VOCAB_FTS, VOCAB_TABLE, WORDS_TABLE
+    from lwgpu.market.store_filter import _word_ids
+
+    store, specs = _sqlite_store(tmp_path, n=120)
+    gone = sorted(specs)[:40:3]
+    with store.transaction() as s:
+        for i in gone:
+            Store.remove(s, i)
+    for i in gone:
+        specs.pop(i)
+    with store.engine.connect() as c:
+        for word in ("model1x", "12134", "digits", "über7", "café", "istanbul", "straße"):
+            got = _word_ids(c, word)
+            assert got is not None and got.tolist() == _fts_ids(store, word), word
+            assert not set(got.tolist()) & set(gone)
+    url = str(store.engine.url)
+    with store.engine.begin() as c:  # back to what version 3 wrote
+        c.exec_driver_sql(f"DROP TRIGGER {VOCAB_TABLE}_added")
+        for t in (WORDS_TABLE, VOCAB_FTS, VOCAB_TABLE):
+            c.exec_driver_sql(f"DROP TABLE {t}")
+        c.exec_driver_sql("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store.dispose()
+    with caplog.at_level(logging.INFO, logger="lwgpu.market.schema"):
+        store = Store(url)
+    assert "word index" in caplog.text and store.get_meta("schema_version") == str(SCHEMA_VERSION)
+    with store.engine.connect() as c:
+        for word in ("model1x", "digits", "über7", "forecast"):
+            assert _word_ids(c, word).tolist() == _fts_ids(store, word), word
+    q_rng = np.random.default_rng(11)
+    for _ in range(100):
+        _check(store, specs, _query(q_rng, specs))
+    store.dispose()
