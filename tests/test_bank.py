@@ -270,6 +270,8 @@ def test_positions_of_100k_ids(rng):
         with pytest.raises(ValueError, match="not in the bank"):
             bank.positions(want[:3])
         assert int(want[0]) not in bank and 2**40 in bank
+        probe = np.concatenate([want[:100], keep[:100], [-7, 2**50]])
+        assert np.array_equal(bank.holds(probe), np.isin(probe, bank.ids))  # membership without positions
 
 
 def _counts_equal_content(a, b):

@@ -211,6 +211,10 @@ class SpecBank(PersistentBank):
             raise ValueError(f"ids {want[pos < 0][:10].tolist()} are not in the bank")
         return pos
 
+    def holds(self, ids: Any) -> np.ndarray:
+        """Boolean mask (n,): which of ``ids`` (n,) the bank holds (one table lookup, no sort)."""
+        return self._idmap.lookup(np.atleast_1d(np.asarray(ids, dtype=np.int64)), self.ids) >= 0
+
     def __contains__(self, spec_id: Any) -> bool:
         try:
             return bool(self._idmap.lookup(np.array([int(spec_id)], np.int64), self.ids)[0] >= 0)

@@ -415,7 +415,7 @@ class Market:
                 if kind == TABLE_TYPE:
                     query.setdefault("input_dim", rkme.d)
                 admitted = self.store.filter_ids(query)
-                admitted = admitted[np.isin(admitted, bank.ids)]  # input_dim may list other dimensions
+                admitted = admitted[bank.holds(admitted)]  # input_dim may list other dimensions
                 if admitted.size == len(bank):
                     admitted = None  # everything of this dimension: the unfiltered path
             return statistical_search(bank, rkme, k=k, ids=admitted, mixture=mixture, max_mixture=max_mixture,
