@@ -4,9 +4,10 @@ Single-package submissions of the packages of :func:`benchmarks.bench_market.mak
 (d=16, K=50, a Python linear model), interleaved with the reference ``learnware`` market's
 ``EasyMarket.add_learnware`` of the same packages (one ours, one theirs, ...), so a loaded machine
 slows both sides alike. lwgpu's phases are timed by wrapping the functions ``submit`` calls
-(``time.perf_counter``): unpack, static checks (manifest, semantic spec, RKME), the isolated model
-check (spare worker taken or forked, package copied into its scratch folder, ``load`` + ``predict``
-in one round trip while the check rows are herded here), content hash, and the commit (write lock,
+(``time.perf_counter``): unpack, the package (manifest) check, the isolated model check (spare worker
+taken or forked and the package copied into its scratch folder; then ``load`` + ``predict`` in one
+round trip, during which this process runs the semantic and RKME checks and herds the check rows
+while the worker loads, and hashes the package while it predicts), and the commit (write lock,
 duplicate lookup, insert + folder move, bank append). Each round submits a fresh set of packages;
 the table reports the median over rounds of each round's median. With ``--no-spare`` a second
 lwgpu run forks each worker on demand (``LWGPU_SPARE_WORKERS`` off) to show what the spare saves.
@@ -35,13 +36,14 @@ from benchmarks.bench_market import _add_reference, _reference_market, make_lear
 #: (label, module path, attribute path) of the functions timed as phases of one submission
 PHASES = [
     ("unpack", "lwgpu.market.ingest", "unpack_into"),
-    ("static checks", "lwgpu.market.checks", "check_package"),
-    ("static checks", "lwgpu.market.checks", "check_semantic"),
-    ("static checks", "lwgpu.market.checks", "check_rkme"),
+    ("package check (manifest)", "lwgpu.market.checks", "check_package"),
     ("isolated model check", "lwgpu.market.worker", "check_many"),
+    ("  of which spare taken, package copied in", "lwgpu.market.worker", "IsolatedModel.__init__"),
     ("  of which load+predict round trip", "lwgpu.market.worker", "IsolatedModel.load_and_predict"),
-    ("  of which herding (overlapped)", "lwgpu.market.samples", "sample_inputs"),
-    ("content hash", "lwgpu.market.ingest", "content_hash"),
+    ("    of which semantic + RKME checks (while it loads)", "lwgpu.market.checks", "check_semantic"),
+    ("    of which semantic + RKME checks (while it loads)", "lwgpu.market.checks", "check_rkme"),
+    ("    of which herding (while it loads)", "lwgpu.market.samples", "sample_inputs"),
+    ("    of which content hash (while it predicts)", "lwgpu.market.checks", "content_hash"),
     ("commit", "lwgpu.market.market", "Market._commit"),
     ("  of which bank append", "lwgpu.market.banks", "BankSet.add_many"),
 ]

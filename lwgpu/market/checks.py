@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -36,7 +37,7 @@ from ..spec.validation import same_gamma
 from .errors import CHECKS, SubmissionError, check_output
 from .samples import PROBE_TEXTS, _as_numpy, sample_inputs
 from .learnware import ModelAdapter, load_model
-from .package import Manifest, read_manifest
+from .package import Manifest, content_hash, read_manifest
 
 if TYPE_CHECKING:
     from .archive import PackageLimits
@@ -52,13 +53,15 @@ __all__ = ["CHECKS", "SubmissionError", "CheckedPackage", "check_package", "chec
 class CheckedPackage:
     """What the checks established: the manifest, normalised semantic spec, the RKME and the model.
 
-    ``model`` is the loaded adapter for in-process checks, None when the model ran in a worker.
+    ``model`` is the loaded adapter for in-process checks, None when the model ran in a worker;
+    ``digest`` the package's content hash where the checks computed it (:func:`run_checks_many`).
     """
 
     manifest: Manifest
     semantic_spec: dict[str, Any]
     rkme: Any
     model: ModelAdapter | None = None
+    digest: str | None = None
 
 
 def _inside(folder: Path, name: Any) -> bool:
@@ -198,8 +201,12 @@ def run_checks_many(folders: Sequence[Path], gamma: float, n_samples: int = 10, 
                     package_limits: PackageLimits | None = None) -> list[CheckedPackage | SubmissionError]:
     """:func:`run_checks` (isolated) for many packages; model checks run in parallel, one worker each.
 
-    Returns, in the order of ``folders``, a :class:`CheckedPackage` or the :class:`SubmissionError`
-    that refused the package.
+    Each package's worker starts loading its model once the ``package`` check has passed: the
+    ``semantic`` and ``rkme`` checks run here meanwhile (a failure of theirs is what the package is
+    refused for, as in :func:`run_checks`), and the content hash while the worker predicts.
+
+    Returns, in the order of ``folders``, a :class:`CheckedPackage` (with ``digest``) or the
+    :class:`SubmissionError` that refused the package.
     """
     from .worker import ModelCheckJob, check_many
 
@@ -208,12 +215,26 @@ def run_checks_many(folders: Sequence[Path], gamma: float, n_samples: int = 10, 
     for folder in folders:
         try:
             man = check_package(folder, package_limits)
-            sem = check_semantic(man.semantic_spec)
-            rkme = check_rkme(folder / man.spec_file, sem, gamma)
         except SubmissionError as exc:
             out.append(exc)
             continue
-        out.append(CheckedPackage(man, sem, rkme, None))
-        jobs.append(ModelCheckJob(folder, man, sem, rkme, n_samples, seed))
-    errors = iter(check_many(jobs, max_workers=max_workers, limits=limits))
-    return [item if isinstance(item, SubmissionError) else (next(errors) or item) for item in out]
+        item = CheckedPackage(man, {}, None, None)
+        out.append(item)
+        jobs.append(ModelCheckJob(folder, man, None, None, n_samples, seed, static=partial(_static_checks, item, folder, gamma),
+                                  meanwhile=lambda f=folder: content_hash(f)))
+    results = iter(check_many(jobs, max_workers=max_workers, limits=limits))
+    for i, item in enumerate(out):
+        if isinstance(item, CheckedPackage):
+            res = next(results)
+            if isinstance(res, SubmissionError):
+                out[i] = res
+            else:
+                item.digest = res
+    return out
+
+
+def _static_checks(item: CheckedPackage, folder: Path, gamma: float) -> tuple[dict[str, Any], Any]:
+    """The ``semantic`` and ``rkme`` checks of a package whose ``package`` check passed; fills ``item``."""
+    item.semantic_spec = check_semantic(item.manifest.semantic_spec)
+    item.rkme = check_rkme(folder / item.manifest.spec_file, item.semantic_spec, gamma)
+    return item.semantic_spec, item.rkme

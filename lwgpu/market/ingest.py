@@ -226,7 +226,7 @@ def stage_packages(
         if isinstance(res, SubmissionError):
             out[i] = res
         else:
-            out[i] = Staged(folder, content_hash(folder), res.semantic_spec, dict(res.manifest.model),
+            out[i] = Staged(folder, res.digest or content_hash(folder), res.semantic_spec, dict(res.manifest.model),
                             res.manifest.spec_file, res.rkme)
     return out  # type: ignore[return-value]
 

@@ -249,6 +249,10 @@ def _set_version(conn: Connection) -> None:
 
 def bump_generation(conn: Connection) -> None:
     """Mark a change of the learnwares (read by :class:`~.field_index.FieldIndex` to refresh its copy)."""
+    if conn.dialect.name == "sqlite":  # driver level: no statement to compile per commit
+        conn.exec_driver_sql(f"UPDATE {META.name} SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+                             "WHERE key = 'generation'")
+        return
     conn.execute(META.update().where(META.c.key == "generation")
                  .values(value=cast(cast(META.c.value, BigInteger) + 1, Text)))
 

@@ -109,8 +109,13 @@ class Store:
         out: dict[str, int] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(hashes), 500):
-                rows = conn.execute(select(LEARNWARES.c.content_hash, LEARNWARES.c.id)
-                                    .where(LEARNWARES.c.content_hash.in_(hashes[start:start + 500])))
+                part = hashes[start:start + 500]
+                if conn.dialect.name == "sqlite":  # driver level: a third of the time of a compiled select
+                    rows = conn.exec_driver_sql("SELECT content_hash, id FROM learnwares WHERE content_hash IN "
+                                                f"({', '.join('?' * len(part))})", tuple(part))
+                else:
+                    rows = conn.execute(select(LEARNWARES.c.content_hash, LEARNWARES.c.id)
+                                        .where(LEARNWARES.c.content_hash.in_(part)))
                 out.update((h, int(i)) for h, i in rows)
         return out
 

@@ -7,7 +7,8 @@ forked from a warm zygote already inside the sandbox (:mod:`lwgpu.market.zygote`
 packages, so nothing carries over between submitters. A check takes the zygote's *spare* worker
 (forked and set up ahead, before its package is known; :func:`lwgpu.market.zygote.take_spare`),
 copies the package into its scratch folder, writes ``load`` and ``predict`` in one round trip
-(the check rows are herded here meanwhile) and leaves the worker's end to a background reaper.
+(meanwhile this process runs the package's semantic and RKME checks, herds the check rows and hashes
+the package) and leaves the worker's end to a background reaper.
 Entry points:
 
 - :func:`check_model_isolated` - the ``model_load`` and ``model_predict`` checks, with the semantics
@@ -32,7 +33,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -134,10 +135,12 @@ class IsolatedModel:
         self._set_info(hdr)
         return self.info
 
-    def load_and_predict(self, X: Any, method: str = "predict") -> np.ndarray | None:
+    def load_and_predict(self, X: Any, method: str = "predict", then: Callable[[], None] | None = None
+                         ) -> np.ndarray | None:
         """:meth:`load` then :meth:`predict` in one round trip: the ``predict`` request is written right
         after the ``load`` one, without waiting for its reply. ``X`` may be a callable giving the rows
-        (or None: load only, returns None); it runs while the worker loads the model."""
+        (or None: load only, returns None); it runs while the worker loads the model. ``then`` runs
+        once both requests are written, before the replies are read."""
         written: list[Path] = []
 
         def second() -> tuple[dict[str, Any], str] | None:
@@ -150,7 +153,8 @@ class IsolatedModel:
 
         try:
             replies = self.proc.request_many(
-                [({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load"), second])
+                [({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load"), second,
+                 *([] if then is None else [lambda: then()])])  # returns None: nothing more to send
         finally:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -270,30 +274,46 @@ def _reason(exc: WorkerError, limits: WorkerLimits, what: str) -> str:
     return reason
 
 
-def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Mapping[str, Any], rkme: Any,
-                         n_samples: int = 10, seed: int = 0, limits: WorkerLimits | None = None) -> None:
+def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Mapping[str, Any] | None, rkme: Any,
+                         n_samples: int = 10, seed: int = 0, limits: WorkerLimits | None = None,
+                         static: Callable[[], tuple[Mapping[str, Any], Any]] | None = None,
+                         meanwhile: Callable[[], Any] | None = None) -> Any:
     """The ``model_load`` and ``model_predict`` checks in an isolated worker.
 
     Same semantics as :func:`lwgpu.market.checks.check_model` (``manifest.model`` names the model;
     ``predict`` runs on ``n_samples`` rows herded from ``rkme`` and its output shape is validated),
     but the model never runs in this process. Raises :class:`~lwgpu.market.checks.SubmissionError`.
+
+    Two hooks overlap this process's own work with the worker's (one round trip either way):
+
+    static : given instead of ``semantic`` and ``rkme`` (pass None for both), a callable returning
+        ``(semantic, rkme)`` (the static checks): it runs while the worker loads the model, and the
+        :class:`SubmissionError` it raises wins over the model's (the worker is then stopped unused).
+    meanwhile : a callable run while the worker predicts (the content hash); its result is returned.
     """
     from .samples import sample_inputs  # rows herded from a table RKME, image points, probe texts
 
     limits = limits or WorkerLimits()
     herd_error: list[ValueError] = []
+    got: dict[str, Any] = {"semantic": semantic, "rkme": rkme, "meanwhile": None}
 
-    def rows() -> np.ndarray | None:  # herded while the worker loads the model
+    def rows() -> np.ndarray | None:  # the static checks and herding, while the worker loads the model
+        if static is not None:
+            got["semantic"], got["rkme"] = static()
         try:
-            return sample_inputs(rkme, n_samples, seed=seed)
+            return sample_inputs(got["rkme"], n_samples, seed=seed)
         except ValueError as exc:
             herd_error.append(exc)
             return None
 
+    def during_predict() -> None:  # nothing to send: work of ours while the worker predicts
+        if meanwhile is not None:
+            got["meanwhile"] = meanwhile()
+
     model = IsolatedModel(folder, manifest.model, limits)
     try:
         try:
-            out = model.load_and_predict(rows)  # both requests in one round trip
+            out = model.load_and_predict(rows, then=during_predict)  # one round trip
         except WorkerError as exc:
             what = "" if exc.stage == "model_load" else "predict"
             raise SubmissionError(exc.stage, _reason(exc, limits, what)) from exc
@@ -301,7 +321,8 @@ def check_model_isolated(folder: str | os.PathLike, manifest: Any, semantic: Map
         model.close(wait=False)  # its end and scratch removal off the critical path; the next spare forked
     if herd_error:
         raise SubmissionError("rkme", f"cannot draw samples from the RKME: {herd_error[0]}") from herd_error[0]
-    check_output(out, n_samples, dict(semantic))
+    check_output(out, n_samples, dict(got["semantic"]))
+    return got["meanwhile"]
 
 
 @dataclass
@@ -310,26 +331,28 @@ class ModelCheckJob:
 
     folder: Path
     manifest: Any
-    semantic: Mapping[str, Any]
+    semantic: Mapping[str, Any] | None
     rkme: Any
     n_samples: int = 10
     seed: int = 0
+    static: Callable[[], tuple[Mapping[str, Any], Any]] | None = None
+    meanwhile: Callable[[], Any] | None = None
 
 
 def check_many(jobs: Sequence[ModelCheckJob], max_workers: int | None = None,
                limits: WorkerLimits | None = None) -> list[Any]:
     """Model checks of many packages in parallel, one fresh worker process per package.
 
-    Returns, in the order of ``jobs``, ``None`` for a package that passed or the
-    :class:`~lwgpu.market.checks.SubmissionError` that refused it. ``max_workers`` defaults to the
-    number of CPUs (each worker uses ``limits.threads`` threads).
+    Returns, in the order of ``jobs``, the :class:`~lwgpu.market.checks.SubmissionError` that refused a
+    package, or for one that passed what its ``meanwhile`` returned (None without one). ``max_workers``
+    defaults to the number of CPUs (each worker uses ``limits.threads`` threads).
     """
     def one(job: ModelCheckJob) -> Any:
         try:
-            check_model_isolated(job.folder, job.manifest, job.semantic, job.rkme, job.n_samples, job.seed, limits)
+            return check_model_isolated(job.folder, job.manifest, job.semantic, job.rkme, job.n_samples, job.seed,
+                                        limits, static=job.static, meanwhile=job.meanwhile)
         except SubmissionError as exc:
             return exc
-        return None
 
     if not jobs:
         return []

@@ -13,7 +13,7 @@ import pytest
 from lwgpu.market import SubmissionError, pack_learnware
 from lwgpu.market.checks import run_checks, run_checks_many
 from lwgpu.market.learnware import Learnware, load_model
-from lwgpu.market.package import read_manifest
+from lwgpu.market.package import content_hash, read_manifest, read_yaml, write_yaml
 from lwgpu.market.worker import (WorkerError, WorkerLimits, check_many, check_model_isolated, close_workers,
                                  isolation, isolation_info, predict_isolated)
 from lwgpu.spec.rkme import RKME
@@ -256,6 +256,23 @@ def test_check_many_and_run_checks_many(tmp_path, rkme):
     many = run_checks_many([good, tmp_path / "empty", gone], GAMMA, n_samples=5, max_workers=2)
     assert many[0].semantic_spec["name"] == "good"
     assert [getattr(m, "check", None) for m in many] == [None, "package", "model_predict"]
+    assert many[0].digest == content_hash(good)  # computed while the worker predicted
+
+
+def test_run_checks_many_reports_static_failures_before_the_models(tmp_path, rkme):
+    """The worker loads the model while the semantic/rkme checks run here: a package failing both
+    is refused for the static check, as when the checks ran one after the other."""
+    folder = _pkg(tmp_path, rkme, body="raise RuntimeError('model is broken')", label="both")
+    data = read_yaml(folder)
+    data["semantic_spec"]["input_dim"] = D + 1  # the RKME has D dimensions
+    write_yaml(folder, data)
+    bad_load = _pkg(tmp_path, rkme, top="raise ImportError('no such library')", label="badload")
+    data = read_yaml(bad_load)
+    data["semantic_spec"]["data_type"] = "no-such-type"
+    write_yaml(bad_load, data)
+    res = run_checks_many([folder, bad_load], GAMMA, n_samples=5, max_workers=1)
+    assert [r.check for r in res] == ["rkme", "semantic"]
+    assert "declares input_dim=5" in res[0].reason
 
 
 def test_untrusted_predict_failures_raise_worker_error(tmp_path, rkme):
