@@ -92,23 +92,27 @@ def _word_ids(conn: Connection, low: str) -> np.ndarray | None:
         f"SELECT {agg_ids('sqlite', 'rowid')} FROM {WORDS_TABLE} WHERE {WORDS_TABLE} MATCH ?", (match,)).scalar())
 
 
-def _substring(conn: Connection, kept: np.ndarray, whole: bool, low: str) -> np.ndarray:
-    """The ids of ``kept`` (in its order) whose name or description contains ``low`` (lower-cased)."""
+def _substring_ids(conn: Connection, low: str) -> np.ndarray | None:
+    """Ids of every learnware whose name or description contains ``low`` (lower-cased), from the text
+    indexes; None on SQLite for 1-2 characters (no trigram to look up: see :func:`_scan_texts`)."""
     d = conn.dialect.name
     if d == "sqlite" and len(low) >= 3:
         ids = _word_ids(conn, low)
         if ids is not None:
-            return _select(kept, ids)
+            return ids
         phrase = '"' + low.replace('"', '""') + '"'
-        s = conn.execute(text(f"SELECT {agg_ids(d, 'rowid')} FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p"),
-                         {"p": phrase}).scalar()
-        return _select(kept, parse_ids(s))
+        return parse_ids(conn.execute(text(f"SELECT {agg_ids(d, 'rowid')} FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p"),
+                                      {"p": phrase}).scalar())
     if d != "sqlite":
         pattern = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        s = conn.execute(text(f"SELECT {agg_ids(d, 'id')} FROM {TEXT_TABLE} "
-                              "WHERE name LIKE :p OR description LIKE :p"), {"p": pattern}).scalar()
-        return _select(kept, parse_ids(s))
-    ids, names, descs = _texts(conn, kept, whole)  # SQLite, 1-2 characters: no trigram to look up
+        return parse_ids(conn.execute(text(f"SELECT {agg_ids(d, 'id')} FROM {TEXT_TABLE} "
+                                           "WHERE name LIKE :p OR description LIKE :p"), {"p": pattern}).scalar())
+    return None
+
+
+def _scan_texts(conn: Connection, kept: np.ndarray, whole: bool, low: str) -> np.ndarray:
+    """The ids of ``kept`` (in its order) whose name or description contains ``low``, checked in Python."""
+    ids, names, descs = _texts(conn, kept, whole)
     return ids[[j for j, (n, x) in enumerate(zip(names, descs)) if low in n.lower() or low in x.lower()]]
 
 
@@ -124,12 +128,21 @@ def filter_ids(conn: Connection, fields: FieldIndex, query: Mapping[str, Any] | 
     q = normalize_query(query)
     snap = fields.current(conn)
     mask = snap.mask(q)
-    kept = snap.ids.copy() if mask is None else snap.ids[mask]
-    whole = mask is None
+    if mask is not None and mask.all():
+        mask = None
+    kept = snap.ids if mask is None else snap.ids[mask]
+    whole, first = mask is None, True
     for t in (q[k] for k in TEXT_FIELDS if k in q):
         if not len(kept):
             break
-        exact = _substring(conn, kept, whole, t.lower())
+        low = t.lower()
+        found = _substring_ids(conn, low)
+        if found is None:
+            exact = _scan_texts(conn, kept, whole, low)
+        elif first:  # kept is the snapshot's ids under mask: a table lookup, no search over 10**6 ids
+            exact = snap.admitted(found, mask)
+        else:
+            exact = _select(kept, found)
         if len(exact):
             kept = exact
         else:
@@ -137,5 +150,5 @@ def filter_ids(conn: Connection, fields: FieldIndex, query: Mapping[str, Any] | 
             scores = fuzzy_scores(t, names, descs, min_fuzzy)
             hit = scores >= min_fuzzy
             kept = ids[hit][np.argsort(-scores[hit], kind="stable")]
-        whole = False
-    return kept
+        whole = first = False
+    return kept.copy() if kept is snap.ids else kept

@@ -424,3 +424,22 @@ def test_word_index_follows_removals_and_upgrade_from_version_3(tmp_path, caplog
     for _ in range(100):
         _check(store, specs, _query(q_rng, specs))
     store.dispose()
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_snapshot_positions_and_admitted_match_brute_force(sparse):
+    """The snapshot's id lookup (a table for dense ids, binary search for sparse ones) against np.isin."""
+    from lwgpu.market.field_index import _Snapshot
+
+    rng = np.random.default_rng(3)
+    ids = np.sort(rng.choice(10**12 if sparse else 50_000, 20_000, replace=False).astype(np.int64)) + 1
+    snap = _Snapshot("g", ids)
+    probe = np.concatenate([rng.choice(ids, 3_000), rng.integers(-5, int(ids[-1]) + 10, 3_000), [0, -1, 2**62]])
+    pos = snap.positions(probe)
+    there = np.isin(probe, ids)
+    assert np.array_equal(pos >= 0, there) and np.array_equal(ids[pos[there]], probe[there])
+    mask = rng.random(len(ids)) < 0.3
+    for m in (None, mask):
+        want = np.unique(probe[np.isin(probe, ids if m is None else ids[m])])
+        assert np.array_equal(snap.admitted(probe, m), want)
+    assert snap.admitted(np.zeros(0, np.int64), mask).size == 0 and _Snapshot().positions(probe).max() == -1
