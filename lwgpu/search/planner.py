@@ -47,6 +47,12 @@ def limit_rows(exact_max_rows: int | None = None) -> int:
     return settings.PLANNER_EXACT_MAX_ROWS if exact_max_rows is None else int(exact_max_rows)
 
 
+def prune_rows(n_admitted: int, exact_max_rows: int | None = None) -> bool:
+    """An exact scan of ``n_admitted`` rows skips rows by their bounds first: above
+    ``settings.PLANNER_PRUNE_MIN_ROWS``, or above a smaller ``exact_max_rows``."""
+    return n_admitted > min(limit_rows(exact_max_rows), settings.PLANNER_PRUNE_MIN_ROWS)
+
+
 def choose_path(n_admitted: int | None, has_index: bool, exact_max_rows: int | None = None,
                 n_bank: int | None = None) -> str:
     """The path for ``n_admitted`` admitted specs (None: no filter) of ``n_bank``, with or without an index.
@@ -77,8 +83,9 @@ class Planned:
         The top-k (Q, k), ``method`` naming the path.
     pool_dists, pool_ids : np.ndarray float64 / int64 (Q, M)
         Every exact distance the path computed, ascending per row (``inf``/``-1`` pad): all admitted
-        specs for ``"exact"``/``"exact-rows"`` when ``keep_all``, the re-ranked candidates for the index
-        paths, else the top-k.
+        specs for ``"exact"``/``"exact-rows"`` when ``keep_all``, the rows it evaluated for
+        ``"exact-rows-pruned"`` (the nearest and every row its bound could not rule out), the re-ranked
+        candidates for the index paths, else the top-k.
     n_admitted : int
         Specs the search could return (the bank's size without a filter).
     timings : dict
@@ -147,7 +154,8 @@ def plan_search(bank: Any, query: Any, k: int = 10, allowed: Any = None, index: 
     backend, device
         Kernel backend of the exact paths (resolved once with :func:`~lwgpu.kernels.get_backend`).
     keep_all : bool
-        Keep every distance of the exact paths in ``pool_*`` (scores over the admitted list).
+        Keep every distance of the exact paths in ``pool_*`` (scores over the admitted list); a pruned
+        scan (more than ``PLANNER_PRUNE_MIN_ROWS`` admitted) keeps those of the rows it evaluated.
     exact_max_rows : int, optional
         Overrides ``settings.PLANNER_EXACT_MAX_ROWS``.
     """
@@ -183,7 +191,7 @@ def plan_search(bank: Any, query: Any, k: int = 10, allowed: Any = None, index: 
                 ids, pos = admitted_positions(bank, ids)
                 redo = np.nonzero(~certified)[0]
                 sub = q if len(redo) == nq else _rows(q, redo)
-                if n_admitted > limit_rows(exact_max_rows):
+                if prune_rows(n_admitted, exact_max_rows):
                     d2, i2, _ = pruned_rows_search(bank, sub, pos, ids, pool_k, be)
                 else:
                     dist = be.mmd2(sub, bank, rows=pos).cpu().numpy()
@@ -200,8 +208,8 @@ def plan_search(bank: Any, query: Any, k: int = 10, allowed: Any = None, index: 
         if path == "exact" and not keep_all:
             d, i = search_exact(bank, q, k=k, backend=be, device=be.device)
             pool_d, pool_i = np.asarray(d, np.float64), np.asarray(i, np.int64)
-        elif path == "exact-rows" and n_admitted > limit_rows(exact_max_rows):
-            # many admitted rows (a sparse filter over a large bank): exact top-k, far rows skipped by bounds
+        elif path == "exact-rows" and prune_rows(n_admitted, exact_max_rows):
+            # many admitted rows (a filter over a large bank): exact top-k, far rows skipped by bounds
             path = "exact-rows-pruned"
             pool_d, pool_i, _ = pruned_rows_search(bank, q, pos, ids, k, be)
         else:

@@ -65,8 +65,9 @@ def statistical_search(
     ids : the admitted market ids (the semantic filter's output); None = all.
     mixture, max_mixture, method : mixture search on/off, its size bound, ``"greedy"`` or ``"auto"``.
     index : a SpecIndex following ``bank``; the planner uses it for unfiltered searches and for
-        admitted sets above ``settings.PLANNER_EXACT_MAX_ROWS`` (scores are then over its re-ranked
-        candidates, otherwise over every admitted spec, as the reference does).
+        admitted sets above ``settings.PLANNER_EXACT_MAX_ROWS``. Scores are over every admitted spec, as
+        the reference's, up to ``settings.PLANNER_PRUNE_MIN_ROWS`` admitted specs; above, over the rows
+        the pruned scan evaluated or the index's re-ranked candidates (the ranking is the same).
     backend, device : kernel backend of the exact paths (resolved once).
 
     Returns

@@ -93,6 +93,6 @@ def test_index_config_mirrors_the_settings_it_documents():
     for key, name in names.items():
         assert cfg.rules[key] == getattr(settings, name), (key, name)
     planner = {"exact_max_rows": "PLANNER_EXACT_MAX_ROWS", "index_min_fraction": "PLANNER_INDEX_MIN_FRACTION",
-               "fallback_max_rows": "PLANNER_FALLBACK_MAX_ROWS"}
+               "fallback_max_rows": "PLANNER_FALLBACK_MAX_ROWS", "prune_min_rows": "PLANNER_PRUNE_MIN_ROWS"}
     for key, name in planner.items():
         assert cfg.planner[key] == getattr(settings, name), (key, name)

@@ -110,6 +110,22 @@ def test_bound_kernel_matches_its_formula_and_skips_only_negligible_terms(spread
     assert ball_lower_bounds(qz, qa, 0.7, centre, radius, l1, s_b, rows[:0], GAMMA).shape == (0,)
 
 
+def test_planner_prunes_from_prune_min_rows(arrays, monkeypatch):
+    from lwgpu import settings
+
+    bank = SpecBank.from_arrays(arrays["z"], arrays["beta"], GAMMA)
+    q = SpecBank.from_arrays(arrays["qz"], arrays["qbeta"], GAMMA)
+    allowed = bank.ids[::3]  # 1,000 rows
+    every = plan_search(bank, q, k=5, allowed=allowed, keep_all=True)  # below the threshold: every row
+    monkeypatch.setattr(settings, "PLANNER_PRUNE_MIN_ROWS", 500)
+    pruned = plan_search(bank, q, k=5, allowed=allowed, keep_all=True)
+    few = plan_search(bank, q, k=5, allowed=allowed[:400], keep_all=True)
+    assert (pruned.method, every.method, few.method) == ("exact-rows-pruned", "exact-rows", "exact-rows")
+    assert every.pool_ids.shape[1] == allowed.size and pruned.pool_ids.shape[1] < allowed.size
+    np.testing.assert_array_equal(pruned.neighbors.ids, every.neighbors.ids)
+    np.testing.assert_allclose(pruned.neighbors.dists, every.neighbors.dists, rtol=1e-6)
+
+
 def test_planner_prunes_large_admitted_sets_with_exact_results(arrays):
     bank = SpecBank.from_arrays(arrays["z"], arrays["beta"], GAMMA)
     allowed = bank.ids[::2]
