@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..idsets import unique_ids
 from .pack import as_ids, check_arrays, check_specs, pack_specs
 from .persist import FORMAT, PersistentBank  # noqa: F401 - FORMAT re-exported
 from .storage import IdMap, RowStore
@@ -313,7 +314,7 @@ class SpecBank(PersistentBank):
     def remove(self, ids: Any) -> None:
         """Drop the given ids (ValueError if any is absent): the last rows move into the holes (O(removed))."""
         self._writable()
-        want = np.unique(np.array(np.atleast_1d(np.asarray(ids)), dtype=np.int64))
+        want = unique_ids(np.array(np.atleast_1d(np.asarray(ids)), dtype=np.int64))
         pos = self.positions(want)
         if not pos.size:
             return

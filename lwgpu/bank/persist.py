@@ -17,6 +17,7 @@ import torch
 from .files import COLUMNS, FORMAT_RAW, VERSION, DiskFiles, file_names, read_meta, write_atomic
 from .storage import IdMap, RowStore
 from ..device import resolve_device
+from ..idsets import setdiff_ids, unique_ids
 
 if TYPE_CHECKING:
     from . import SpecBank
@@ -158,9 +159,9 @@ class PersistentBank:
         Returns ``(removed, added)`` ids. The caller flushes. Use it after :meth:`open` against the ids the
         database holds: a reopened bank is its last flushed state, so the changes since then come back here.
         """
-        want = np.unique(np.asarray(want_ids, dtype=np.int64).reshape(-1))
+        want = unique_ids(want_ids)
         have = np.array(self.ids)
-        extra, missing = np.setdiff1d(have, want), np.setdiff1d(want, have)
+        extra, missing = setdiff_ids(have, want), setdiff_ids(want, have)
         if extra.size:
             self.remove(extra)
         for s in range(0, missing.size, int(batch)):

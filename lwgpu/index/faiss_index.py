@@ -24,6 +24,7 @@ import torch
 
 from .. import settings
 from ..device import faiss_info, resolve_device
+from ..idsets import setdiff_ids, unique_ids
 from ..kernels.backend import KernelBackend, pack, take_rows
 from ..search.exact import merge_topk
 from ..search.results import Neighbors
@@ -298,7 +299,7 @@ class SpecIndex:
         """
         if hasattr(ids, "z") or (isinstance(ids, (list, tuple)) and ids and hasattr(ids[0], "z")):
             raise TypeError("SpecIndex.add takes ids of specs in the bank: bank.add(specs), then index.add(ids)")
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        ids = unique_ids(ids)
         if ids.size == 0:
             return
         revived = self._tomb.intersection(ids.tolist())
@@ -320,7 +321,7 @@ class SpecIndex:
 
     def remove(self, ids: Any) -> None:
         """Hook: specs ``ids`` left the bank (before or after ``bank.remove``); drop them from the index."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        ids = unique_ids(ids)
         if self._cpu is None or ids.size == 0:
             return
         self._drop(ids)
@@ -378,8 +379,8 @@ class SpecIndex:
         Specs replaced under the same id are not detected: call :meth:`add` for those ids.
         """
         live = self.indexed_ids()
-        gone = np.setdiff1d(live, self.bank.ids)
-        new = np.setdiff1d(self.bank.ids, live)
+        gone = setdiff_ids(live, self.bank.ids)
+        new = setdiff_ids(self.bank.ids, live)
         if gone.size:
             self.remove(gone)
         if new.size:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import settings
+from ..idsets import sorted_unique  # noqa: F401 - re-exported: the index's callers import it from here
 from .layout import filtered_probe
 
 logger = logging.getLogger(__name__)
@@ -19,12 +20,6 @@ def faiss_module() -> Any:
     except ImportError as exc:  # pragma: no cover - faiss is an install requirement of the cpu/gpu extras
         raise ImportError("SpecIndex needs FAISS: pip install 'lwgpu[cpu]' (faiss-cpu) or 'lwgpu[gpu]'") from exc
     return faiss
-
-
-def sorted_unique(ids: Any) -> np.ndarray:
-    """``ids`` as a sorted unique int64 array; O(n) when they already are (a filter's usual output)."""
-    a = np.asarray(ids, dtype=np.int64).reshape(-1)
-    return a if a.size < 2 or bool(np.all(a[1:] > a[:-1])) else np.unique(a)
 
 
 def id_checksum(ids: Any) -> int:

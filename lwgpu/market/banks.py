@@ -33,6 +33,7 @@ import numpy as np
 
 from ..bank.files import BankLockedError
 from ..fsutil import make_temp_dir
+from ..idsets import unique_ids
 from ..spec.io import IMAGE_TYPE, TEXT_TYPE, spec_type
 from ..spec.validation import same_gamma
 from .image_bank import ImageBank
@@ -298,7 +299,7 @@ class BankSet:
         an emptied bank is dropped."""
         key = as_key(key)
         bank = self.banks[key]
-        ids = np.unique(_id_array(ids))
+        ids = unique_ids(_id_array(ids))
         if ids.size and ids.size == len(bank):
             bank.positions(ids)  # ValueError unless they are exactly the bank's ids
             self.drop(key)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..idsets import setdiff_ids
 from .locks import reap_staging
 from .store import Store
 
@@ -43,10 +44,10 @@ def reconcile_files(store: Store, lw_dir: Path, staging: Path, trash: Path) -> t
     for name in (n for n in names if not n.isdigit()):
         logger.warning("removing %s: not a learnware folder", lw_dir / name)
         shutil.rmtree(lw_dir / name, ignore_errors=True)
-    for i in np.setdiff1d(folders, ids).tolist():
+    for i in setdiff_ids(folders, ids).tolist():
         logger.warning("removing learnwares/%d: no database row (an interrupted submission)", i)
         shutil.rmtree(lw_dir / str(i), ignore_errors=True)
-    lost = np.setdiff1d(ids, folders)
+    lost = setdiff_ids(ids, folders)
     if lost.size:
         logger.error("learnwares %s have lost their files; removing their rows", lost[:20].tolist())
         with store.transaction() as s:
