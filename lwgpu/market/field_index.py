@@ -91,7 +91,7 @@ class _Snapshot:
             sel = np.zeros(len(self.ids), bool)
             for t in q["tags"]:
                 if t in self.tags:
-                    sel[np.searchsorted(self.ids, self.tags[t])] = True
+                    sel[self.positions(self.tags[t])] = True  # a tag's ids are all in ids
             out = sel if out is None else out & sel
         return out
 
