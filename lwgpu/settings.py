@@ -148,7 +148,7 @@ INDEX_BITMAP_IDS_PER_SPEC = 64
 PLANNER_EXACT_MAX_ROWS = 32_768
 #: Exact scans of more admitted rows than this skip rows by bounding-ball lower bounds first
 #: (``"exact-rows-pruned"``, lwgpu.search.bounds: same top-k; at 1M, 20k admitted rows of clustered
-#: specs took 7 ms instead of 49); smaller ones, and scans keeping every distance, evaluate every row.
+#: specs took 7 ms instead of 49); smaller ones evaluate every row.
 PLANNER_PRUNE_MIN_ROWS = 4_096
 #: Admitted sets below this fraction of the bank are scanned exactly (up to PLANNER_FALLBACK_MAX_ROWS specs)
 #: even when larger than PLANNER_EXACT_MAX_ROWS: their k nearest lie far out, among many specs at nearly

@@ -218,7 +218,7 @@ class SpecBank(PersistentBank):
 
     def __contains__(self, spec_id: Any) -> bool:
         try:
-            return bool(self._idmap.lookup(np.array([int(spec_id)], np.int64), self.ids)[0] >= 0)
+            return bool(self.holds([int(spec_id)])[0])
         except (TypeError, ValueError, OverflowError):
             return False
 

@@ -24,7 +24,7 @@ import torch
 
 from .. import settings
 from ..device import faiss_info, resolve_device
-from ..idsets import setdiff_ids, unique_ids
+from ..idsets import setdiff_ids, sorted_unique, unique_ids
 from ..kernels.backend import KernelBackend, pack, take_rows
 from ..search.exact import merge_topk
 from ..search.results import Neighbors
@@ -32,7 +32,6 @@ from ..spec.validation import check_same_kernel
 from .embed import SpecEmbedder, make_embedder
 from .ids import (
     Selector, faiss_module, faiss_search, gpu_clone, id_checksum, indexed_ids, remove_ids, search_params,
-    sorted_unique,
 )
 from .layout import Layout, filtered_candidates, layout_for, needs_rebuild, probe_for
 from .rerank import grow_pool, row_of, stack_rows

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from .. import settings
-from ..idsets import sorted_unique  # noqa: F401 - re-exported: the index's callers import it from here
 from .layout import filtered_probe
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .ids import Selector, faiss_module, sorted_unique
+from ..idsets import sorted_unique
+from .ids import Selector, faiss_module
 from .image_embed import ImageFeatureMap, image_features
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ Parallel over blocks of rows; per row, the squared distances of all query points
 differences in float64 (no ``|x|^2 + |c|^2 - 2 x.c`` cancellation) in vectors over the points, their roots
 shrunk by a relative 1e-9 so rounding can only lower the bound. A point farther than ``sqrt(EXP_CUTOFF /
 gamma)`` beyond the ball adds ``|a_i| exp(-EXP_CUTOFF)`` (an upper bound on its true term). The
-exponentials are branch-free and vectorised (base-2 split, degree-12 polynomial, exponent bits set through
-an int64 view; libm's ``exp`` does not vectorise) and raised by a relative 1e-13, above their error, so a
+exponentials are branch-free and vectorised (:func:`._exp_numba.exp_split`; libm's ``exp`` does not
+vectorise) and raised by a relative 1e-13, above their error, so a
 computed term is never below the true one: the bound stays a lower bound.
 """
 from __future__ import annotations
@@ -20,15 +20,13 @@ import math
 import numba
 import numpy as np
 
+from ._exp_numba import exp_split
+
 #: exp(-EXP_CUTOFF) = 2e-22: a far point's cross-term share is bounded by it, not computed.
 EXP_CUTOFF = 50.0
 _TAIL = math.exp(-EXP_CUTOFF)
 #: rows per work item of the parallel loop (its buffers are allocated once per item)
 _ROWS_PER_ITEM = 256
-_LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
-_E = [1.0 / math.factorial(i) for i in range(13)]  # Taylor of exp(r), |r| <= ln2 / 2
-E1, E2, E3, E4, E5, E6, E7, E8, E9, E10, E11, E12 = _E[1:]
 #: relative margin on each exponential: above the polynomial's and the rounding's error (< 1e-14), so the
 #: computed term is never below the true one and the bound never above the formula's
 _EXP_MARGIN = 1.0 + 1e-13
@@ -58,22 +56,7 @@ def _ball_bounds(qzt: np.ndarray, qa: np.ndarray, s_q: float, centre: np.ndarray
             rad = radius[r]
             for i in range(kq):  # branch-free: a point inside the ball gives exp(0), a far one exp(-cut-off)
                 gap = max(math.sqrt(s[i]) * (1.0 - 1e-9) - rad, 0.0)
-                x = -min(gamma * gap * gap, EXP_CUTOFF) * _LOG2E  # exp(-g2) = 2^x = 2^nf 2^(x - nf)
-                nf = math.floor(x + 0.5)
-                q = (x - nf) * _LN2
-                p = E12
-                p = p * q + E11
-                p = p * q + E10
-                p = p * q + E9
-                p = p * q + E8
-                p = p * q + E7
-                p = p * q + E6
-                p = p * q + E5
-                p = p * q + E4
-                p = p * q + E3
-                p = p * q + E2
-                p = p * q + E1
-                p = p * q + 1.0
+                p, nf = exp_split(-min(gamma * gap * gap, EXP_CUTOFF))
                 pb[i] = p * qa[i]
                 ib[i] = (np.int64(nf) + np.int64(1023)) << np.int64(52)  # the float 2^nf, as bits
             cross = 0.0

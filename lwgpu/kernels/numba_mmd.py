@@ -144,17 +144,14 @@ if numba is not None:
                     out[q, n] = tot
 
 
-    _LOG2E64 = 1.4426950408889634
-    _LN2_64 = 0.6931471805599453
-    _C64 = [1.0 / float(np.prod(np.arange(1, i + 1))) for i in range(13)]  # Taylor of exp(r), |r| <= ln2/2
-    D1, D2, D3, D4, D5, D6, D7, D8, D9, D10, D11, D12 = _C64[1:]
+    from ._exp_numba import exp_split
 
     @njit(parallel=True, fastmath=False, cache=True)
     def _self_kernel(bz, bb, bcnt, gamma, out):  # pragma: no cover - compiled
         """out[n] = sum_ij bb[n,i] bb[n,j] exp(-gamma |bz[n,i] - bz[n,j]|^2) in float64 (pairs i < j once).
 
-        Float64 throughout: each spec centred on its mean, |a-b|^2 = |a|^2 + |b|^2 - 2 a.b; exp by a base-2 split + degree-12 polynomial (relative error ~1e-15),
-        exponent bits set through an int64 view so the loop over j vectorises.
+        Float64 throughout: each spec centred on its mean, |a-b|^2 = |a|^2 + |b|^2 - 2 a.b; exp by :func:`._exp_numba.exp_split` (base-2 split +
+        degree-12 polynomial, relative error ~1e-15; exponent bits through an int64 view) so the loop over j vectorises.
         """
         t_n, k_max, d = bz.shape
         dp = ((d + 3) // 4) * 4
@@ -191,23 +188,7 @@ if numba is not None:
                 for j in range(i + 1, k):
                     acc[j] = ni + nrm[j] - 2.0 * acc[j]
                 for j in range(i + 1, k):
-                    x = min(max(-gamma * acc[j], -700.0), 0.0)
-                    t = x * _LOG2E64
-                    nf = np.floor(t + 0.5)
-                    r = (t - nf) * _LN2_64
-                    p = D12
-                    p = p * r + D11
-                    p = p * r + D10
-                    p = p * r + D9
-                    p = p * r + D8
-                    p = p * r + D7
-                    p = p * r + D6
-                    p = p * r + D5
-                    p = p * r + D4
-                    p = p * r + D3
-                    p = p * r + D2
-                    p = p * r + D1
-                    p = p * r + 1.0
+                    p, nf = exp_split(min(max(-gamma * acc[j], -700.0), 0.0))
                     pb[j] = p * w[j]
                     ib[j] = (np.int64(nf) + np.int64(1023)) << np.int64(52)
                 s = 0.0

@@ -37,7 +37,7 @@ from .samples import sample_inputs
 from .errors import check_output
 from .learnware import ModelAdapter
 from .archive import PackageLimits
-from .package import FORMAT, YAML_NAME, _is_torch_module, _plain, content_hash, read_yaml, unpack_into, write_yaml
+from .package import FORMAT, YAML_NAME, _is_torch_module, _plain, read_yaml, unpack_into, write_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def stage_packages(
         if isinstance(res, SubmissionError):
             out[i] = res
         else:
-            out[i] = Staged(folder, res.digest or content_hash(folder), res.semantic_spec, dict(res.manifest.model),
+            out[i] = Staged(folder, res.digest, res.semantic_spec, dict(res.manifest.model),
                             res.manifest.spec_file, res.rkme)
     return out  # type: ignore[return-value]
 

@@ -154,7 +154,7 @@ class IsolatedModel:
         try:
             replies = self.proc.request_many(
                 [({"op": "load", "folder": str(self.folder), "model": self.model_cfg}, "model_load"), second,
-                 *([] if then is None else [lambda: then()])])  # returns None: nothing more to send
+                 *([] if then is None else [then])])  # returns None: nothing more to send
         finally:
             for path in written:
                 path.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ import torch
 
 from .. import settings
 from ..kernels.backend import KernelBackend, Packed, get_backend, pack
-from ..index.ids import sorted_unique
+from ..idsets import sorted_unique
 from ..spec.validation import check_same_kernel
 from .bounds import pruned_rows_search
 from .exact import merge_topk, search_exact
